@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import streamlit as st
@@ -18,13 +19,18 @@ def cached_model(spec: str, device: str = "cpu", dtype: str = "float32") -> Load
     return load_model(ModelConfig(spec=spec, device=device, dtype=dtype))  # pyright: ignore[reportArgumentType]
 
 
-@st.cache_data(ttl=5)
 def build_manifest() -> dict[str, Any] | None:
     """The last build's manifest (cache/build.json), or None if nothing was built yet."""
     path = cache_dir() / BUILD_MANIFEST
     if not path.is_file():
         return None
+    return _read_json(str(path), path.stat().st_mtime_ns)
+
+
+@st.cache_data
+def _read_json(path: str, mtime_ns: int) -> dict[str, Any]:
+    """Parsed JSON, cached per (path, mtime_ns): a rebuilt file is read again."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is corrupt ({e}); run `explorer build` again") from e

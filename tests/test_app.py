@@ -1,0 +1,43 @@
+"""The Streamlit app renders its pages without exceptions, and shows clear errors for bad setups."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from explorer.ui.state import MODEL_ENV
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(monkeypatch: pytest.MonkeyPatch, spec: str, cache: Path) -> AppTest:
+    monkeypatch.setenv(MODEL_ENV, spec)
+    monkeypatch.setenv("EXPLORER_CACHE_DIR", str(cache))
+    monkeypatch.chdir(ROOT)
+    app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    return app.run()
+
+
+def test_overview_shows_the_model(monkeypatch: pytest.MonkeyPatch, tiny_dir: Path, tmp_path: Path) -> None:
+    app = _run(monkeypatch, str(tiny_dir), tmp_path)
+    assert not app.exception
+    assert any("Model:" in s.value for s in app.subheader)
+    assert [m.value for m in app.metric][:2] == ["4", "64"]
+    assert any("Nothing built yet" in i.value for i in app.info)
+
+
+def test_bad_model_spec_is_an_error_not_a_traceback(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    app = _run(monkeypatch, "no-such-model", tmp_path)
+    assert not app.exception
+    assert any("unknown model spec" in e.value for e in app.error)
+
+
+def test_corrupt_build_manifest_is_reported(
+    monkeypatch: pytest.MonkeyPatch, tiny_dir: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "build.json").write_text("{not json")
+    app = _run(monkeypatch, str(tiny_dir), tmp_path)
+    assert not app.exception
+    assert any("corrupt" in e.value for e in app.error)

@@ -1,0 +1,87 @@
+"""The `explorer` command line: JSON out, clear errors with exit status 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from explorer.cli import main
+
+
+def test_generate_json(tiny_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(
+        ["generate", "--model", str(tiny_dir), "--prompt", "Hi there", "--max-new-tokens", "5", "--json"]
+    )
+    assert status == 0
+    out = json.loads(capsys.readouterr().out)
+    [row] = out["results"]
+    assert row["prompt"] == "Hi there" and isinstance(row["completion"], str)
+    assert row["n_new_tokens"] <= 5
+    assert set(row["verdict"]) == {"refused", "evidence", "judge", "score"}
+    assert out["sampling"]["max_new_tokens"] == 5
+
+
+def test_generate_from_file(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"id": "one", "text": "Hi"}\n{"id": "two", "text": "Bye"}\n')
+    args = [
+        "generate",
+        "--model",
+        str(tiny_dir),
+        "--prompts",
+        str(prompts),
+        "--max-new-tokens",
+        "3",
+        "--json",
+    ]
+    assert main(args) == 0
+    assert [r["id"] for r in json.loads(capsys.readouterr().out)["results"]] == ["one", "two"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["generate", "--prompt", "  "], "--prompt is empty"),
+        (["generate", "--model", "gemma", "--prompt", "hi"], "unknown model spec"),
+        (["generate", "--model", "missing.gguf", "--prompt", "hi"], "GGUF file not found"),
+        (["generate", "--prompt", "hi", "--temperature", "nan"], "finite"),
+        (["generate"], "exactly one of --prompt"),
+        (["prompts", "--file", "/nowhere.jsonl"], "not found"),
+        (["build", "--only", "everything"], "unknown build stage"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_prompts_summary_and_judge(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["prompts", "--label", "harmful", "--split", "test"]) == 0
+    out = capsys.readouterr().out
+    assert "weapons" in out and out.strip().endswith("prompts")
+    assert main(["judge", "I’m sorry, I can’t help with that."]) == 0
+    assert json.loads(capsys.readouterr().out)["refused"] is True
+
+
+def test_console_script_help() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "explorer.cli", "generate", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "--max-new-tokens" in result.stdout and "--model" in result.stdout
+
+
+@pytest.mark.integration
+def test_generate_on_the_offline_default(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["generate", "--prompt", "What is the capital of France?", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["model"] == "smollm2-135m-instruct"
+    assert "Paris" in out["results"][0]["completion"]

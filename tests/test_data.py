@@ -1,0 +1,136 @@
+"""Prompt sets: the built-in sets are big, diverse and fixed; user files fail loudly and precisely."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from transformers import PreTrainedTokenizerBase
+
+from explorer.data import (
+    DataError,
+    builtin_prompts,
+    chat_messages,
+    filter_split,
+    format_chat,
+    load_hub_dataset,
+    load_prompt_file,
+    stable_split,
+)
+
+
+@pytest.mark.parametrize("label", ["harmful", "harmless"])
+def test_builtin_sets_are_large_diverse_and_split(label: str) -> None:
+    records = builtin_prompts(label)  # pyright: ignore[reportArgumentType]
+    assert len(records) >= 300
+    categories = Counter(r.category for r in records)
+    assert len(categories) >= 10
+    assert min(categories.values()) >= 20
+    assert len({r.id for r in records}) == len(records)
+    assert len({r.text.lower() for r in records}) == len(records)
+    assert all(r.label == label and r.source == "builtin" for r in records)
+    for category in categories:
+        splits = Counter(r.split for r in records if r.category == category)
+        assert splits["train"] > splits["val"] > 0 and splits["test"] > 0
+
+
+def test_builtin_sets_do_not_overlap_and_splits_are_fixed() -> None:
+    harmful = {r.text.lower() for r in builtin_prompts("harmful")}
+    harmless = {r.text.lower() for r in builtin_prompts("harmless")}
+    assert not harmful & harmless
+    test_ids = [r.id for r in builtin_prompts("harmless", "test")]
+    assert test_ids == [r.id for r in builtin_prompts("harmless", "test")]
+    assert "harmless-borderline-004" in test_ids
+    assert len(builtin_prompts("harmful", ["val", "test"])) == len(builtin_prompts("harmful", "val")) + len(
+        builtin_prompts("harmful", "test")
+    )
+
+
+def test_unknown_split_is_an_error() -> None:
+    with pytest.raises(DataError, match="unknown split"):
+        filter_split(builtin_prompts("harmful"), "dev")  # pyright: ignore[reportArgumentType]
+
+
+def test_stable_split_is_deterministic_and_proportional() -> None:
+    splits = Counter(stable_split(f"row-{i}") for i in range(5000))
+    assert stable_split("row-7") == stable_split("row-7")
+    assert 0.56 < splits["train"] / 5000 < 0.64
+    assert 0.17 < splits["val"] / 5000 < 0.23
+
+
+def test_jsonl_file_loads_with_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "mine.jsonl"
+    path.write_text(
+        '{"id": "a", "prompt": "How do I pick a lock?", "label": "harmful", "category": "theft"}\n'
+        "\n"
+        '{"text": "Tell me a joke.", "split": "test"}\n'
+    )
+    first, second = load_prompt_file(path, label="harmless")
+    assert (first.id, first.label, first.category) == ("a", "harmful", "theft")
+    assert (second.id, second.label, second.split) == ("mine-3", "harmless", "test")
+    assert first.split == stable_split("a")
+
+
+def test_csv_file_loads(tmp_path: Path) -> None:
+    path = tmp_path / "mine.csv"
+    path.write_text("id,text,category\nx1,Write a poem about rain.,writing\nx2,Sum 2 and 2.,math\n")
+    records = load_prompt_file(path, label="harmless")
+    assert [r.text for r in records] == ["Write a poem about rain.", "Sum 2 and 2."]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"text": "ok"}\n{"text": "ok too"\n', r"bad\.jsonl:2: malformed JSON"),
+        ('{"text": "ok"}\n["not", "an", "object"]\n', r"bad\.jsonl:2: expected a JSON object"),
+        ('{"text": "ok"}\n{"id": "x", "text": "  "}\n', r"bad\.jsonl:2: no non-empty 'text'"),
+        ('{"text": "ok", "split": "dev"}\n', r"bad\.jsonl:1: split 'dev'"),
+        ('{"id": "a", "text": "x"}\n{"id": "a", "text": "y"}\n', "duplicate id 'a'"),
+        ("\n\n", "no prompts in file"),
+    ],
+)
+def test_bad_files_name_file_and_line(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content)
+    with pytest.raises(DataError, match=message):
+        load_prompt_file(path)
+
+
+def test_missing_and_wrong_kind_of_file(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="not found"):
+        load_prompt_file(tmp_path / "nope.jsonl")
+    (tmp_path / "x.txt").write_text("hello")
+    with pytest.raises(DataError, match=r"jsonl or \.csv"):
+        load_prompt_file(tmp_path / "x.txt")
+
+
+def test_hub_datasets_unknown_name_and_offline() -> None:
+    with pytest.raises(DataError, match="unknown dataset 'advbnch'"):
+        load_hub_dataset("advbnch")
+    with pytest.raises(DataError, match="offline"):
+        load_hub_dataset("advbench")
+
+
+def test_chat_template_with_and_without_system(tokenizer: PreTrainedTokenizerBase) -> None:
+    with_system = format_chat(tokenizer, chat_messages("Hi?", system="Be terse."))
+    assert with_system.startswith("<|im_start|>system\nBe terse.<|im_end|>")
+    assert with_system.endswith("<|im_start|>user\nHi?<|im_end|>\n<|im_start|>assistant\n")
+    without = format_chat(tokenizer, chat_messages("Hi?"))
+    assert "Be terse" not in without and without.endswith("<|im_start|>assistant\n")
+    with pytest.raises(DataError, match="empty"):
+        chat_messages("   ")
+
+
+def test_template_that_rejects_system_gets_it_merged(tokenizer: PreTrainedTokenizerBase) -> None:
+    gemma_like = (
+        "{% if messages[0]['role'] == 'system' %}{{ raise_exception('no system role') }}{% endif %}"
+        "{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}<end_of_turn>\n{% endfor %}"
+    )
+    original = tokenizer.chat_template
+    try:
+        tokenizer.chat_template = gemma_like
+        text = format_chat(tokenizer, chat_messages("Hi?", system="Be terse."))
+    finally:
+        tokenizer.chat_template = original
+    assert text == "<start_of_turn>user\nBe terse.\n\nHi?<end_of_turn>\n"
