@@ -33,7 +33,7 @@ def main() -> None:
         lambda: AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name), repeats=1
     )
     t_copy = best_of(lambda: AutoModelForCausalLM.from_pretrained(str(copy)), repeats=3)
-    print(f"load: GGUF {t_gguf:.2f} s, dequantized safetensors copy {t_copy:.2f} s, ratio {t_gguf / t_copy:.1f}x")
+    print(f"load: GGUF {t_gguf:.2f} s, dequantized copy {t_copy:.2f} s, ratio {t_gguf / t_copy:.1f}x")
 
     loaded = load_model("default")
     prompts = [f"Explain topic number {i} in two sentences, with an example." for i in range(16)]
@@ -50,7 +50,8 @@ def main() -> None:
     t_full, t_early = best_of(full), best_of(early)
     print(
         f"forward over {n_tokens} tokens: full {t_full:.3f} s ({n_tokens / t_full:.0f} tok/s), "
-        f"stopped after layer 15 {t_early:.3f} s ({n_tokens / t_early:.0f} tok/s), ratio {t_full / t_early:.2f}x"
+        f"stopped after layer 15 {t_early:.3f} s ({n_tokens / t_early:.0f} tok/s), "
+        f"ratio {t_full / t_early:.2f}x"
     )
 
     sampling = SamplingConfig(max_new_tokens=48)
