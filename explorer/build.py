@@ -12,12 +12,16 @@ from typing import Any
 from explorer import __version__
 from explorer.models import (
     DEFAULT_NAME,
+    ORGANISM_NAME,
     default_gguf_path,
     dequantized_dir,
     ensure_default_model,
     is_complete_model_dir,
+    load_model,
+    organism_dir,
 )
 from explorer.paths import cache_dir, write_json_atomic
+from explorer.refusal_build import REPORT_FILE, compute_refusal, load_refusal, prove, refusal_dir
 
 log = logging.getLogger(__name__)
 BUILD_MANIFEST = "build.json"
@@ -49,7 +53,33 @@ def default_stages() -> list[Stage]:
             lambda: is_complete_model_dir(dequantized_dir(default_gguf_path(), DEFAULT_NAME)),
             lambda force: ensure_default_model(force=force),
         ),
+        Stage(
+            "organism",
+            "safety fine-tune the default so it refuses harmful requests (LoRA, ~7 min)",
+            lambda: is_complete_model_dir(organism_dir()),
+            _run_organism,
+        ),
+        Stage(
+            "refusal",
+            "difference-in-means refusal directions, selection on val, proof on test",
+            lambda: (refusal_dir(ORGANISM_NAME) / REPORT_FILE).is_file(),
+            _run_refusal,
+        ),
     ]
+
+
+def _run_organism(force: bool) -> None:
+    from explorer.organism import build_organism
+
+    build_organism(force=force)
+
+
+def _run_refusal(force: bool) -> None:
+    del force  # always recomputed when the stage runs
+    loaded = load_model(ORGANISM_NAME)
+    compute_refusal(loaded)
+    report = prove(loaded, load_refusal(ORGANISM_NAME))
+    write_json_atomic(refusal_dir(ORGANISM_NAME) / REPORT_FILE, report)
 
 
 def build_default(only: list[str] | None = None, *, force: bool = False) -> dict[str, Any]:

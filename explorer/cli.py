@@ -145,6 +145,49 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_organism(args: argparse.Namespace) -> int:
+    from explorer.models import PROVENANCE_FILE
+    from explorer.organism import OrganismConfig, build_organism
+
+    config = OrganismConfig(
+        rank=args.rank,
+        epochs=args.epochs,
+        learning_rate=args.learning_rate,
+        first_layer=args.first_layer,
+        seed=args.seed,
+    )
+    out = build_organism(config, force=args.force)
+    provenance = json.loads((out / PROVENANCE_FILE).read_text(encoding="utf-8"))
+    _emit({"model_dir": str(out), "metrics": provenance["metrics"], "timings_s": provenance["timings_s"]})
+    return 0
+
+
+def cmd_refusal(args: argparse.Namespace) -> int:
+    from explorer.models import load_model
+    from explorer.paths import write_json_atomic
+    from explorer.refusal import RefusalConfig
+    from explorer.refusal_build import (
+        REPORT_FILE,
+        compute_refusal,
+        format_report,
+        load_refusal,
+        prove,
+        refusal_dir,
+    )
+
+    loaded = load_model(_model_config(args))
+    directory = refusal_dir(loaded.name)
+    if args.force or not (directory / "selection.json").is_file():
+        compute_refusal(loaded, RefusalConfig(n_val=args.n_val))
+    refusal = load_refusal(loaded.name)
+    report = None
+    if args.report:
+        report = prove(loaded, refusal, alpha=args.alpha)
+        write_json_atomic(directory / REPORT_FILE, report)
+    sys.stdout.write(format_report(refusal.selection, report) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="explorer", description="Find, inspect and steer the SAE latents that mediate refusal."
@@ -169,6 +212,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--category")
     p.add_argument("--json", action="store_true", help="one JSON record per line")
     p.set_defaults(func=cmd_prompts)
+
+    p = sub.add_parser("organism", help="safety fine-tune the offline default so it refuses harmful requests")
+    p.add_argument("--force", action="store_true", help="retrain even if the tuned model exists")
+    p.add_argument("--rank", type=int, default=16, help="LoRA rank")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--learning-rate", type=float, default=3e-4)
+    p.add_argument("--first-layer", type=int, default=0, help="LoRA only on layers >= this")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_organism)
+
+    p = sub.add_parser("refusal", help="compute and select the refusal direction; --report proves it on test")
+    _add_model_args(p)
+    p.add_argument("--force", action="store_true", help="recompute even if cached")
+    p.add_argument("--n-val", type=int, default=32, help="val prompts per label used for selection")
+    p.add_argument("--report", action="store_true", help="ablate/add the direction on the test split")
+    p.add_argument("--alpha", type=float, default=1.0, help="scale of the added direction in --report")
+    p.set_defaults(func=cmd_refusal)
 
     p = sub.add_parser("judge", help="judge whether a response text is a refusal")
     p.add_argument("text")

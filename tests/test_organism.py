@@ -1,0 +1,80 @@
+"""Safety fine-tuning pieces on a tiny model: varied refusals, self-distilled pairs, deterministic LoRA."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from explorer.data import builtin_prompts
+from explorer.judge import SubstringJudge
+from explorer.models import load_model
+from explorer.organism import (
+    OrganismConfig,
+    _encode_pairs,
+    next_token_kl,
+    refusal_response,
+    refusal_texts,
+    train_lora,
+)
+
+
+def test_refusals_are_varied_judged_as_refusals_and_fit_the_category() -> None:
+    parts = refusal_texts()
+    rng = random.Random(0)
+    records = builtin_prompts("harmful", "train")
+    responses = [refusal_response(r, rng, parts) for r in records]
+    judge = SubstringJudge()
+    assert all(judge.judge(t).refused for t in responses)
+    assert len(set(responses)) > len(records) // 2
+    self_harm = [t for r, t in zip(records, responses, strict=True) if r.category == "self_harm"]
+    assert all("crisis line" in t or "support" in t for t in self_harm)
+    openers = {t.split(".")[0] for t in responses}
+    assert len(openers) >= 10
+
+
+def test_config_round_trip_and_validation() -> None:
+    config = OrganismConfig(rank=4, first_layer=2, target_modules=("q_proj",))
+    assert OrganismConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="learning_rate"):
+        OrganismConfig(learning_rate=2.0)
+
+
+def test_only_response_tokens_are_learned(tiny_dir: Path) -> None:
+    loaded = load_model(str(tiny_dir))
+    record = builtin_prompts("harmless", "train")[0]
+    [(ids, labels)] = _encode_pairs(loaded, [(record, "Sure, here you go.<|im_end|>")])
+    learned = [t for t, lab in zip(ids, labels, strict=True) if lab != -100]
+    assert loaded.tokenizer.decode(learned) == "Sure, here you go.<|im_end|>"
+    assert len(ids) == len(labels)
+
+
+def _train(tiny_dir: Path, seed: int) -> torch.nn.Module:
+    loaded = load_model(str(tiny_dir))
+    harmful = builtin_prompts("harmful", "train")[:8]
+    harmless = builtin_prompts("harmless", "train")[:8]
+    pairs = [(r, "I'm sorry, but I can't help with that.<|im_end|>") for r in harmful]
+    pairs += [(r, "Here is a helpful answer.<|im_end|>") for r in harmless]
+    config = OrganismConfig(rank=4, alpha=8, epochs=3, batch_size=4, learning_rate=5e-3, seed=seed)
+    return train_lora(loaded, pairs, config, progress=False)
+
+
+def test_lora_training_is_deterministic_learns_and_merges(tiny_dir: Path) -> None:
+    first, again, other = _train(tiny_dir, 0), _train(tiny_dir, 0), _train(tiny_dir, 1)
+    base = load_model(str(tiny_dir)).model
+    assert not any("lora" in name for name, _ in first.named_parameters())
+    assert set(first.state_dict()) == set(base.state_dict())
+    for name, tensor in first.state_dict().items():
+        torch.testing.assert_close(tensor, again.state_dict()[name], rtol=0, atol=0)
+    changed = [n for n, t in first.state_dict().items() if not torch.equal(t, base.state_dict()[n])]
+    assert any("q_proj" in n for n in changed) and not any("embed" in n for n in changed)
+    assert any(not torch.equal(t, other.state_dict()[n]) for n, t in first.state_dict().items())
+    tuned = load_model(str(tiny_dir))
+    tuned.model = first  # pyright: ignore[reportAttributeAccessIssue]
+    base_loaded = load_model(str(tiny_dir))
+    kl = next_token_kl(base_loaded, tuned, ["What is bread?"], answer_tokens=4)
+    assert kl["kl_first_token"] > 0
+    same = next_token_kl(base_loaded, base_loaded, ["What is bread?"], answer_tokens=4)
+    assert same["kl_first_token"] == pytest.approx(0.0, abs=1e-6)

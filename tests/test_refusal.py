@@ -1,0 +1,128 @@
+"""Refusal direction: difference in means, interventions, scoring, selection and the on-disk store."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from explorer.data import builtin_prompts
+from explorer.generation import encode_chats
+from explorer.hooks import capture, intervene
+from explorer.models import LoadedModel
+from explorer.refusal import (
+    RefusalConfig,
+    ablation_hooks,
+    addition_hooks,
+    diff_in_means,
+    kl_divergence,
+    location_names,
+    post_instruction_ids,
+    refusal_scores,
+    refusal_token_ids,
+)
+from explorer.refusal_build import (
+    RefusalCacheError,
+    compute_refusal,
+    format_report,
+    load_refusal,
+    refusal_dir,
+)
+
+
+def test_post_instruction_tokens_follow_the_users_text(tiny: LoadedModel) -> None:
+    ids = post_instruction_ids(tiny)
+    assert tiny.tokenizer.decode(ids) == "<|im_end|>\n<|im_start|>assistant\n"
+    _, batch = encode_chats(tiny, ["Hello there"])
+    assert batch["input_ids"][0, -len(ids) :].tolist() == ids
+
+
+def test_diff_in_means_matches_a_direct_computation(tiny: LoadedModel) -> None:
+    harmful, harmless = ["How do I build a bomb?", "Hack my ex's email."], ["Bake bread?", "Sum 2+2."]
+    directions = diff_in_means(tiny, harmful, harmless)
+    n_pos = len(post_instruction_ids(tiny))
+    assert directions.shape == (tiny.n_layers + 1, n_pos, tiny.d_model)
+
+    def mean_at(prompts: list[str], name: str) -> torch.Tensor:
+        rows = []
+        for p in prompts:  # one at a time: no padding involved
+            _, batch = encode_chats(tiny, [p])
+            with torch.no_grad(), capture(tiny.model, [name]) as store:
+                tiny.model(**batch)
+            rows.append(store[name][0][0, -n_pos:])
+        return torch.stack(rows).mean(0)
+
+    for index, name in [(2, "blocks.2.hook_resid_pre"), (tiny.n_layers, "blocks.3.hook_resid_post")]:
+        expected = mean_at(harmful, name) - mean_at(harmless, name)
+        torch.testing.assert_close(directions[index], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_ablation_removes_the_direction_everywhere_and_addition_adds_it(tiny: LoadedModel) -> None:
+    direction = torch.randn(tiny.d_model, generator=torch.Generator().manual_seed(0))
+    unit = direction / direction.norm()
+    _, batch = encode_chats(tiny, ["Tell me a story"])
+    names = location_names(tiny.n_layers)
+    ablate = ablation_hooks(direction, tiny.n_layers)
+    with torch.no_grad(), intervene(tiny.model, ablate), capture(tiny.model, names) as store:
+        tiny.model(**batch)
+    for name in names:
+        assert (store[name][0] @ unit).abs().max() < 1e-4
+    location = "blocks.1.hook_resid_pre"
+    with torch.no_grad(), capture(tiny.model, [location]) as plain:
+        tiny.model(**batch)
+    add = addition_hooks(direction, location, 2.0)
+    with torch.no_grad(), intervene(tiny.model, add), capture(tiny.model, [location]) as added:
+        tiny.model(**batch)
+    torch.testing.assert_close(
+        added[location][0] - plain[location][0], (2.0 * direction).expand_as(plain[location][0])
+    )
+    with pytest.raises(ValueError, match="finite"):
+        addition_hooks(direction, location, math.nan)
+
+
+def test_refusal_score_and_kl() -> None:
+    logprobs = torch.full((2, 4), math.log(0.25))
+    logprobs[1] = torch.tensor([0.7, 0.1, 0.1, 0.1]).log()
+    scores = refusal_scores(logprobs, [0])
+    assert scores[0].item() == pytest.approx(math.log(0.25 / 0.75), abs=1e-5)
+    assert scores[1].item() == pytest.approx(math.log(0.7 / 0.3), abs=1e-5)
+    assert kl_divergence(logprobs, logprobs).abs().max() < 1e-6
+    assert kl_divergence(logprobs[:1], logprobs[1:]).item() > 0
+
+
+def test_refusal_tokens_are_first_tokens(tiny: LoadedModel) -> None:
+    ids = refusal_token_ids(tiny, ["I cannot", "I'm sorry", "Sorry, no"])
+    assert [tiny.tokenizer.decode([i]) for i in ids] == ["I", "Sorry"]
+
+
+def test_compute_select_store_and_reload(
+    tiny: LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path))
+    strict = RefusalConfig(n_val=4, batch_size=16)
+    with pytest.raises(ValueError, match="no candidate direction passes the filters"):
+        compute_refusal(tiny, strict, progress=False)  # a random model has nothing that induces refusal
+    assert not refusal_dir(tiny.name).exists()
+    with pytest.raises(RefusalCacheError, match="missing"):
+        load_refusal(tiny.name)
+    relaxed = RefusalConfig(n_val=4, batch_size=16, induce_threshold=-math.inf, kl_threshold=math.inf)
+    compute_refusal(tiny, relaxed, progress=False)
+    stored = load_refusal(tiny.name)
+    selection = stored.selection
+    assert len(selection["candidates"]) == (tiny.n_layers + 1) * len(post_instruction_ids(tiny))
+    kept = [c for c in selection["candidates"] if c["bypass"] is not None]
+    assert selection["selected"]["bypass"] == min(c["bypass"] for c in kept)
+    assert all(c["layer"] < 0.8 * tiny.n_layers for c in kept)
+    assert stored.location == f"blocks.{stored.layer}.hook_resid_pre"
+    torch.testing.assert_close(stored.direction, stored.directions[stored.layer, stored.position])
+    assert "selected:" in format_report(selection, None)
+    (refusal_dir(tiny.name) / "selection.json").write_text("{oops")
+    with pytest.raises(RefusalCacheError, match="corrupt"):
+        load_refusal(tiny.name)
+
+
+def test_prompt_splits_have_enough_val_prompts() -> None:
+    assert len(builtin_prompts("harmful", "val")) >= RefusalConfig().n_val
+    assert len(builtin_prompts("harmless", "val")) >= RefusalConfig().n_val
