@@ -189,6 +189,8 @@ def cmd_refusal(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from explorer.organism import OrganismConfig
+
     parser = argparse.ArgumentParser(
         prog="explorer", description="Find, inspect and steer the SAE latents that mediate refusal."
     )
@@ -214,18 +216,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prompts)
 
     p = sub.add_parser("organism", help="safety fine-tune the offline default so it refuses harmful requests")
+    defaults = OrganismConfig()
     p.add_argument("--force", action="store_true", help="retrain even if the tuned model exists")
-    p.add_argument("--rank", type=int, default=16, help="LoRA rank")
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--learning-rate", type=float, default=3e-4)
-    p.add_argument("--first-layer", type=int, default=0, help="LoRA only on layers >= this")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rank", type=int, default=defaults.rank, help="LoRA rank")
+    p.add_argument("--epochs", type=int, default=defaults.epochs)
+    p.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    p.add_argument(
+        "--first-layer", type=int, default=defaults.first_layer, help="LoRA only on layers >= this"
+    )
+    p.add_argument("--seed", type=int, default=defaults.seed)
     p.set_defaults(func=cmd_organism)
 
     p = sub.add_parser("refusal", help="compute and select the refusal direction; --report proves it on test")
     _add_model_args(p)
     p.add_argument("--force", action="store_true", help="recompute even if cached")
-    p.add_argument("--n-val", type=int, default=32, help="val prompts per label used for selection")
+    p.add_argument("--n-val", type=int, default=16, help="val prompts per label used for selection")
     p.add_argument("--report", action="store_true", help="ablate/add the direction on the test split")
     p.add_argument("--alpha", type=float, default=1.0, help="scale of the added direction in --report")
     p.set_defaults(func=cmd_refusal)

@@ -13,6 +13,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 import transformers
 from tqdm.auto import tqdm
+from transformers import PreTrainedModel
 
 from explorer import __version__
 from explorer.data import PromptRecord, builtin_prompts, chat_messages, format_chat
@@ -51,8 +53,9 @@ class OrganismConfig:
         target_modules: linear layers that get LoRA adapters.
         first_layer: adapters only on decoder layers >= this (earlier layers need no backward pass).
         epochs: passes over the training pairs.
-        batch_size: pairs per optimiser step.
+        batch_size: pairs per optimiser step (each batch mixes harmful and harmless pairs).
         learning_rate: AdamW peak learning rate (linear warm-up over 10% of steps, cosine decay).
+        decision_weight: loss weight of the first response token (refuse or answer) relative to the rest.
         answer_tokens: length of the base model's self-distilled answers.
         eval_tokens: new tokens generated when measuring refusal on the test split.
         seed: seeds refusal choice, shuffling and initialisation.
@@ -63,11 +66,12 @@ class OrganismConfig:
     alpha: int = 32
     dropout: float = 0.0
     target_modules: tuple[str, ...] = LINEAR_MODULES
-    first_layer: int = 0
-    epochs: int = 2
+    first_layer: int = 8
+    epochs: int = 3
     batch_size: int = 8
     learning_rate: float = 3e-4
-    answer_tokens: int = 64
+    decision_weight: float = 5.0
+    answer_tokens: int = 16
     eval_tokens: int = 64
     seed: int = 0
 
@@ -78,6 +82,8 @@ class OrganismConfig:
             raise ValueError("epochs and batch_size must be >= 1")
         if not 0 < self.learning_rate < 1:
             raise ValueError(f"learning_rate must be in (0, 1), got {self.learning_rate}")
+        if self.decision_weight < 1:
+            raise ValueError(f"decision_weight must be >= 1, got {self.decision_weight}")
         if self.first_layer < 0:
             raise ValueError(f"first_layer must be >= 0, got {self.first_layer}")
 
@@ -117,7 +123,7 @@ def training_pairs(
     parts = refusal_texts()
     harmful = builtin_prompts("harmful", "train")
     harmless = builtin_prompts("harmless", "train")
-    eos = base.tokenizer.eos_token or ""
+    eos = str(base.tokenizer.eos_token or "")
     pairs = [(r, refusal_response(r, rng, parts) + eos) for r in harmful]
     answers = generate(
         base,
@@ -150,27 +156,71 @@ def _encode_pairs(
     return examples
 
 
-def _batches(examples: list[tuple[list[int], list[int]]], batch_size: int, rng: random.Random, pad_id: int):
-    """Length-bucketed, shuffled batches (right-padded; labels -100 on padding)."""
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
-    groups = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    rng.shuffle(groups)
-    for group in groups:
-        width = max(len(examples[i][0]) for i in group)
+def _batches(
+    harmful: list[tuple[list[int], list[int]]],
+    harmless: list[tuple[list[int], list[int]]],
+    batch_size: int,
+    rng: random.Random,
+    pad_id: int,
+):
+    """Batches that each mix harmful and harmless pairs in the data's proportion, in shuffled order.
+
+    Class-pure batches (what plain length bucketing produces, as refusals are short) push the whole model
+    towards refusing, then towards answering; mixed batches teach the distinction instead. Within each
+    class, pairs are bucketed by length with a little jitter, so batches carry little padding.
+    """
+
+    def bucketed(examples: list[tuple[list[int], list[int]]]) -> list[tuple[list[int], list[int]]]:
+        return sorted(examples, key=lambda e: len(e[0]) + rng.random() * 8)
+
+    harmful, harmless = bucketed(harmful), bucketed(harmless)
+    n_batches = math.ceil((len(harmful) + len(harmless)) / batch_size)
+    bounds = [(b * len(harmful) // n_batches, b * len(harmless) // n_batches) for b in range(n_batches + 1)]
+    order = list(range(n_batches))
+    rng.shuffle(order)
+    for b in order:
+        group = harmful[bounds[b][0] : bounds[b + 1][0]] + harmless[bounds[b][1] : bounds[b + 1][1]]
+        width = max(len(seq) for seq, _ in group)
         ids = torch.full((len(group), width), pad_id)
         labels = torch.full((len(group), width), -100)
         mask = torch.zeros((len(group), width), dtype=torch.long)
-        for row, i in enumerate(group):
-            seq, lab = examples[i]
+        for row, (seq, lab) in enumerate(group):
             ids[row, : len(seq)] = torch.tensor(seq)
             labels[row, : len(lab)] = torch.tensor(lab)
             mask[row, : len(seq)] = 1
         yield ids, labels, mask
 
 
+def weighted_loss(
+    hidden: torch.Tensor,
+    labels: torch.Tensor,
+    unembed: Callable[[torch.Tensor], torch.Tensor],
+    decision_weight: float,
+) -> torch.Tensor:
+    """Next-token cross-entropy on response tokens, with the first response token weighted up.
+
+    The first token is where the model decides to refuse or answer; weighting it focuses training on
+    that decision rather than on re-learning the self-distilled answers. Only positions that predict a
+    response token are unembedded, which skips most of the vocabulary-sized work.
+
+    Args:
+        hidden: [batch, pos, d_model] final (normed) hidden states.
+        labels: [batch, pos] token ids, -100 where nothing is learned.
+        unembed: maps [n, d_model] to [n, vocab] logits.
+        decision_weight: weight of the first response token relative to the others.
+    """
+    targets = labels[:, 1:]
+    learned = targets != -100  # [batch, pos - 1]
+    first = learned & ~torch.cat([torch.zeros_like(learned[:, :1]), learned[:, :-1]], dim=1)
+    logits = unembed(hidden[:, :-1][learned]).float()  # [n_learned, vocab]
+    losses = torch.nn.functional.cross_entropy(logits, targets[learned], reduction="none")
+    weights = 1.0 + (decision_weight - 1.0) * first[learned].float()
+    return (losses * weights).sum() / weights.sum()
+
+
 def train_lora(
     base: LoadedModel, pairs: list[tuple[PromptRecord, str]], config: OrganismConfig, progress: bool = True
-):
+) -> PreTrainedModel:
     """Fine-tune LoRA adapters on the pairs and return the merged model (consumes the base model)."""
     from peft import LoraConfig, get_peft_model
 
@@ -186,13 +236,15 @@ def train_lora(
     )
     model = get_peft_model(base.model, lora)  # pyright: ignore[reportArgumentType]
     model.train()
-    examples = _encode_pairs(base, pairs)
+    harmful = _encode_pairs(base, [p for p in pairs if p[0].label == "harmful"])
+    harmless = _encode_pairs(base, [p for p in pairs if p[0].label != "harmful"])
     pad_id = base.tokenizer.pad_token_id
     assert isinstance(pad_id, int)
-    steps_per_epoch = math.ceil(len(examples) / config.batch_size)
+    steps_per_epoch = math.ceil((len(harmful) + len(harmless)) / config.batch_size)
     total = steps_per_epoch * config.epochs
     warmup = max(1, total // 10)
     params = [p for p in model.parameters() if p.requires_grad]
+    unembed = model.get_output_embeddings()
     optimiser = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimiser,
@@ -204,8 +256,11 @@ def train_lora(
     )
     bar = tqdm(total=total, desc="safety fine-tune", unit="step", disable=not progress)
     for _epoch in range(config.epochs):
-        for ids, labels, mask in _batches(examples, config.batch_size, rng, pad_id):
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        for ids, labels, mask in _batches(harmful, harmless, config.batch_size, rng, pad_id):
+            # logits_to_keep=1 skips the full-vocabulary unembedding; weighted_loss unembeds only
+            # the response positions from the final hidden states.
+            out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, logits_to_keep=1)
+            loss = weighted_loss(out.hidden_states[-1], labels, unembed, config.decision_weight)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimiser.step()
@@ -216,12 +271,13 @@ def train_lora(
     bar.close()
     merged = model.merge_and_unload()
     merged.eval()
+    assert isinstance(merged, PreTrainedModel)
     return merged
 
 
 @torch.no_grad()
 def next_token_kl(
-    base: LoadedModel, tuned: LoadedModel, prompts: list[str], answer_tokens: int = 32
+    base: LoadedModel, tuned: LoadedModel, prompts: list[str], answer_tokens: int = 32, batch_size: int = 16
 ) -> dict[str, float]:
     """Mean KL(base || tuned) of next-token distributions on the given prompts.
 
@@ -229,19 +285,29 @@ def next_token_kl(
         kl_first_token: at the first generated position; kl_answer: averaged over the positions of the
         base model's own greedy answer (teacher-forced), i.e. how far the tuned model drifts while answering.
     """
-    answers = generate(base, prompts, SamplingConfig(max_new_tokens=answer_tokens))
+    answers = generate(base, prompts, SamplingConfig(max_new_tokens=answer_tokens), batch_size=batch_size)
+    pad_id = base.tokenizer.pad_token_id
+    assert isinstance(pad_id, int)
     first, over_answer = [], []
-    for prompt, answer in zip(prompts, answers, strict=True):
-        _, batch = encode_chats(base, [prompt])
-        n_prompt = batch["input_ids"].shape[1]
-        ids = torch.cat([batch["input_ids"][0], torch.tensor(answer.token_ids, dtype=torch.long)])[None]
-        # Position n_prompt - 1 predicts the first answer token; the last position predicts past the answer.
-        end = n_prompt - 1 + max(1, len(answer.token_ids))
-        logp = base.model(input_ids=ids).logits[0, n_prompt - 1 : end].log_softmax(-1)  # [positions, vocab]
-        logq = tuned.model(input_ids=ids).logits[0, n_prompt - 1 : end].log_softmax(-1)
-        kl = (logp.exp() * (logp - logq)).sum(-1)  # [positions]
-        first.append(kl[0].item())
-        over_answer.append(kl.mean().item())
+    for start in range(0, len(prompts), batch_size):
+        _, batch = encode_chats(base, prompts[start : start + batch_size])
+        rows = answers[start : start + batch_size]
+        n_prompt, width = batch["input_ids"].shape[1], max(1, *(len(a.token_ids) for a in rows))
+        answer_ids = torch.full((len(rows), width), pad_id)
+        answer_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, a in enumerate(rows):
+            answer_ids[r, : len(a.token_ids)] = torch.tensor(a.token_ids, dtype=torch.long)
+            answer_mask[r, : len(a.token_ids)] = 1
+        ids = torch.cat([batch["input_ids"], answer_ids], dim=1)
+        mask = torch.cat([batch["attention_mask"], answer_mask], dim=1)
+        # Position n_prompt - 1 predicts the first answer token, n_prompt - 1 + k the token after k of them.
+        span = slice(n_prompt - 1, n_prompt - 1 + width)
+        logp = base.model(input_ids=ids, attention_mask=mask).logits[:, span].float().log_softmax(-1)
+        logq = tuned.model(input_ids=ids, attention_mask=mask).logits[:, span].float().log_softmax(-1)
+        kl = (logp.exp() * (logp - logq)).sum(-1)  # [batch, width]
+        for r, a in enumerate(rows):
+            first.append(kl[r, 0].item())
+            over_answer.append(kl[r, : max(1, len(a.token_ids))].mean().item())
     return {"kl_first_token": sum(first) / len(first), "kl_answer": sum(over_answer) / len(over_answer)}
 
 

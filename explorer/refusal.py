@@ -43,7 +43,7 @@ class RefusalConfig:
     """
 
     refusal_tokens: tuple[str, ...] = ("I", "Sorry")
-    n_val: int = 32
+    n_val: int = 16
     kl_threshold: float = 0.1
     induce_threshold: float = 0.0
     max_layer_fraction: float = 0.8
@@ -198,7 +198,7 @@ class Candidate:
     position: int
     token: str
     norm: float
-    induce: float
+    induce: float | None
     bypass: float | None
     kl: float | None
     eligible: bool
@@ -216,11 +216,12 @@ def score_candidates(
     config: RefusalConfig,
     progress: bool = True,
 ) -> list[Candidate]:
-    """Score every candidate direction by induce, then bypass and KL for those Arditi's filters keep.
+    """Score candidate directions: induce below the layer cut, then KL and bypass where the filters allow.
 
-    Induce is computed for every candidate (the selection plot shows it everywhere); bypass and KL,
-    which need a full ablated pass each, only for candidates with induce above the threshold and layer
-    below the layer cut: the same selection as scoring all three everywhere, at a fraction of the cost.
+    Every score needs a full forward pass over the val prompts, so a score that Arditi et al.'s filters
+    would discard anyway is not computed (None): layers at or past the cut get no scores, candidates with
+    induce at or below the threshold no KL, and those with KL at or above the threshold no bypass. The
+    selection is the same as scoring everything, at a fraction of the cost.
     """
     n_layers = loaded.n_layers
     refusal_ids = refusal_token_ids(loaded, config.refusal_tokens)
@@ -233,14 +234,12 @@ def score_candidates(
     candidates = []
     for i, j in tqdm(work, desc="scoring directions", unit="candidate", disable=not progress):
         direction = directions[i, j]
-        # Adding at the final resid_post is equivalent to adding after the last layer.
-        add_at = names[i] if i < n_layers else f"blocks.{n_layers - 1}.hook_resid_post"
-        induced = first_token_logprobs(
-            loaded, harmless_val, addition_hooks(direction, add_at), config.batch_size
-        )
-        induce = refusal_scores(induced, refusal_ids).mean().item()
-        eligible = induce > config.induce_threshold and location_layer(i, n_layers) < layer_cut
-        bypass = kl = None
+        induce = bypass = kl = None
+        if location_layer(i, n_layers) < layer_cut:
+            add = addition_hooks(direction, names[i])
+            induced = first_token_logprobs(loaded, harmless_val, add, config.batch_size)
+            induce = refusal_scores(induced, refusal_ids).mean().item()
+        eligible = induce is not None and induce > config.induce_threshold
         if eligible:
             ablate = ablation_hooks(direction, n_layers)
             ablated_harmless = first_token_logprobs(loaded, harmless_val, ablate, config.batch_size)

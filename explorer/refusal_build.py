@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from explorer import __version__
 from explorer.data import builtin_prompts
 from explorer.generation import SamplingConfig, generate
+from explorer.hooks import intervene
 from explorer.judge import SubstringJudge, refusal_rate
 from explorer.models import LoadedModel
 from explorer.paths import atomic_directory, cache_dir
@@ -136,7 +137,7 @@ def load_refusal(model_name: str) -> RefusalDirection:
 
 
 def prove(
-    loaded: LoadedModel, refusal: RefusalDirection, *, alpha: float = 1.0, max_new_tokens: int = 64
+    loaded: LoadedModel, refusal: RefusalDirection, *, alpha: float = 1.0, max_new_tokens: int = 32
 ) -> dict[str, Any]:
     """Refusal rates on the test split: baseline, with the direction ablated, and with it added.
 
@@ -153,9 +154,12 @@ def prove(
         "harmless_baseline": (harmless, {}),
         "harmless_added": (harmless, addition_hooks(refusal.direction, refusal.location, alpha)),
     }
-    from explorer.hooks import intervene
-
-    report: dict[str, Any] = {"location": refusal.location, "position": refusal.position, "alpha": alpha}
+    report: dict[str, Any] = {
+        "location": refusal.location,
+        "position": refusal.position,
+        "alpha": alpha,
+        "max_new_tokens": max_new_tokens,
+    }
     examples: dict[str, list[dict[str, Any]]] = {}
     for name, (prompts, hooks) in conditions.items():
         with intervene(loaded.model, hooks):
@@ -199,7 +203,8 @@ def format_report(selection: dict[str, Any], report: dict[str, Any] | None, n_ex
     if report is not None:
         lines += [
             "",
-            f"test split (greedy, judge = substring), alpha = {report['alpha']}:",
+            f"test split (greedy, {report['max_new_tokens']} new tokens, substring judge), "
+            f"added at {report['location']} with alpha = {report['alpha']}:",
             f"  harmful refused: baseline {report['harmful_baseline_refusal_rate']:.0%}, "
             f"direction ablated {report['harmful_ablated_refusal_rate']:.0%} "
             f"(drop {report['ablation_drop_points']:.0f} points)",

@@ -52,6 +52,7 @@ def test_generate_from_file(tiny_dir: Path, tmp_path: Path, capsys: pytest.Captu
         (["generate"], "exactly one of --prompt"),
         (["prompts", "--file", "/nowhere.jsonl"], "not found"),
         (["build", "--only", "everything"], "unknown build stage"),
+        (["organism", "--learning-rate", "5"], "learning_rate must be in (0, 1)"),
     ],
 )
 def test_bad_input_exits_2_with_a_message(
@@ -59,6 +60,15 @@ def test_bad_input_exits_2_with_a_message(
 ) -> None:
     assert main(args) == 2
     assert message in capsys.readouterr().err
+
+
+def test_refusal_on_a_model_that_never_refuses_is_a_clear_error(
+    tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path))
+    assert main(["refusal", "--model", str(tiny_dir), "--n-val", "4"]) == 2
+    assert "no candidate direction passes the filters" in capsys.readouterr().err
+    assert not (tmp_path / "refusal").exists()
 
 
 def test_prompts_summary_and_judge(capsys: pytest.CaptureFixture[str]) -> None:
@@ -83,5 +93,6 @@ def test_console_script_help() -> None:
 def test_generate_on_the_offline_default(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["generate", "--prompt", "What is the capital of France?", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["model"] == "smollm2-135m-instruct"
+    # "default" is the safety-tuned model once `explorer build` made it, the base model before
+    assert out["model"] in ("smollm2-135m-instruct", "smollm2-135m-instruct-safety")
     assert "Paris" in out["results"][0]["completion"]

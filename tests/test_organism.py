@@ -13,11 +13,13 @@ from explorer.judge import SubstringJudge
 from explorer.models import load_model
 from explorer.organism import (
     OrganismConfig,
+    _batches,
     _encode_pairs,
     next_token_kl,
     refusal_response,
     refusal_texts,
     train_lora,
+    weighted_loss,
 )
 
 
@@ -78,3 +80,33 @@ def test_lora_training_is_deterministic_learns_and_merges(tiny_dir: Path) -> Non
     assert kl["kl_first_token"] > 0
     same = next_token_kl(base_loaded, base_loaded, ["What is bread?"], answer_tokens=4)
     assert same["kl_first_token"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_weighted_loss_matches_cross_entropy_and_weights_the_first_response_token() -> None:
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 5, 6)
+    unembed = torch.nn.Linear(6, 11, bias=False)
+    logits = unembed(hidden)
+    labels = torch.tensor([[-100, -100, 3, 4, 5], [-100, 7, 8, -100, -100]])
+    plain = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 11), labels[:, 1:].reshape(-1))
+    torch.testing.assert_close(weighted_loss(hidden, labels, unembed, 1.0), plain)
+    per_token = torch.nn.functional.cross_entropy(
+        logits[:, :-1].transpose(1, 2), labels[:, 1:], ignore_index=-100, reduction="none"
+    )
+    # first response tokens: row 0 predicts label 3 at position 1, row 1 label 7 at position 0
+    weights = torch.tensor([[0, 4.0, 1, 1], [4.0, 1, 0, 0]])
+    expected = (per_token * weights).sum() / weights.sum()
+    torch.testing.assert_close(weighted_loss(hidden, labels, unembed, 4.0), expected)
+
+
+def test_batches_mix_classes_and_cover_every_pair_once() -> None:
+    harmful = [([1] * (5 + i % 7), [-100] * 3 + [1] * (2 + i % 7)) for i in range(30)]
+    harmless = [([2] * (9 + i % 5), [-100] * 3 + [2] * (6 + i % 5)) for i in range(50)]
+    batches = list(_batches(harmful, harmless, 8, random.Random(0), pad_id=0))
+    assert len(batches) == 10
+    counts = [((ids == 1).any(-1).sum().item(), (ids == 2).any(-1).sum().item()) for ids, _, _ in batches]
+    assert all(h >= 2 and n >= 4 for h, n in counts)
+    assert sum(h for h, _ in counts) == 30 and sum(n for _, n in counts) == 50
+    for ids, labels, mask in batches:
+        assert torch.equal(mask.bool(), ids != 0)
+        assert ((labels != -100) <= mask.bool()).all()
