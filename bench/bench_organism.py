@@ -26,7 +26,7 @@ BUDGET_S = 600.0
 
 
 def step_seconds(model: Any, params: list[torch.nn.Parameter], batch, steps: int = 3) -> float:
-    ids, labels, mask = batch
+    ids, labels, mask, _ = batch
     optimiser = torch.optim.AdamW(params, lr=1e-5)
     times = []
     for _ in range(steps):

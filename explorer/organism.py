@@ -56,6 +56,8 @@ class OrganismConfig:
         batch_size: pairs per optimiser step (each batch mixes harmful and harmless pairs).
         learning_rate: AdamW peak learning rate (linear warm-up over 10% of steps, cosine decay).
         decision_weight: loss weight of the first response token (refuse or answer) relative to the rest.
+        harmless_weight: loss weight of harmless examples relative to harmful ones (>1 leans the
+            decision towards answering: refusing is learned fast, refusing *only* harmful requests is not).
         answer_tokens: length of the base model's self-distilled answers.
         eval_tokens: new tokens generated when measuring refusal on the test split.
         seed: seeds refusal choice, shuffling and initialisation.
@@ -66,11 +68,12 @@ class OrganismConfig:
     alpha: int = 32
     dropout: float = 0.0
     target_modules: tuple[str, ...] = LINEAR_MODULES
-    first_layer: int = 8
+    first_layer: int = 10
     epochs: int = 3
     batch_size: int = 8
     learning_rate: float = 3e-4
     decision_weight: float = 5.0
+    harmless_weight: float = 1.5
     answer_tokens: int = 16
     eval_tokens: int = 64
     seed: int = 0
@@ -82,6 +85,8 @@ class OrganismConfig:
             raise ValueError("epochs and batch_size must be >= 1")
         if not 0 < self.learning_rate < 1:
             raise ValueError(f"learning_rate must be in (0, 1), got {self.learning_rate}")
+        if self.harmless_weight <= 0:
+            raise ValueError(f"harmless_weight must be > 0, got {self.harmless_weight}")
         if self.decision_weight < 1:
             raise ValueError(f"decision_weight must be >= 1, got {self.decision_weight}")
         if self.first_layer < 0:
@@ -188,7 +193,9 @@ def _batches(
             ids[row, : len(seq)] = torch.tensor(seq)
             labels[row, : len(lab)] = torch.tensor(lab)
             mask[row, : len(seq)] = 1
-        yield ids, labels, mask
+        n_harmful = bounds[b + 1][0] - bounds[b][0]
+        is_harmful = torch.arange(len(group)) < n_harmful  # [batch]
+        yield ids, labels, mask, is_harmful
 
 
 def weighted_loss(
@@ -196,6 +203,7 @@ def weighted_loss(
     labels: torch.Tensor,
     unembed: Callable[[torch.Tensor], torch.Tensor],
     decision_weight: float,
+    row_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Next-token cross-entropy on response tokens, with the first response token weighted up.
 
@@ -208,13 +216,17 @@ def weighted_loss(
         labels: [batch, pos] token ids, -100 where nothing is learned.
         unembed: maps [n, d_model] to [n, vocab] logits.
         decision_weight: weight of the first response token relative to the others.
+        row_weights: [batch] weight of each example (1 when None).
     """
     targets = labels[:, 1:]
     learned = targets != -100  # [batch, pos - 1]
     first = learned & ~torch.cat([torch.zeros_like(learned[:, :1]), learned[:, :-1]], dim=1)
     logits = unembed(hidden[:, :-1][learned]).float()  # [n_learned, vocab]
     losses = torch.nn.functional.cross_entropy(logits, targets[learned], reduction="none")
-    weights = 1.0 + (decision_weight - 1.0) * first[learned].float()
+    weights = 1.0 + (decision_weight - 1.0) * first.float()  # [batch, pos - 1]
+    if row_weights is not None:
+        weights = weights * row_weights[:, None]
+    weights = weights[learned]
     return (losses * weights).sum() / weights.sum()
 
 
@@ -256,11 +268,12 @@ def train_lora(
     )
     bar = tqdm(total=total, desc="safety fine-tune", unit="step", disable=not progress)
     for _epoch in range(config.epochs):
-        for ids, labels, mask in _batches(harmful, harmless, config.batch_size, rng, pad_id):
+        for ids, labels, mask, is_harmful in _batches(harmful, harmless, config.batch_size, rng, pad_id):
+            row_weights = torch.where(is_harmful, 1.0, config.harmless_weight)
             # logits_to_keep=1 skips the full-vocabulary unembedding; weighted_loss unembeds only
             # the response positions from the final hidden states.
             out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, logits_to_keep=1)
-            loss = weighted_loss(out.hidden_states[-1], labels, unembed, config.decision_weight)
+            loss = weighted_loss(out.hidden_states[-1], labels, unembed, config.decision_weight, row_weights)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimiser.step()
@@ -326,7 +339,7 @@ def evaluate(tuned: LoadedModel, base: LoadedModel, config: OrganismConfig) -> d
             for r, o, v in zip(records, outs, verdicts, strict=True)
         ]
     harmless_test = [r.text for r in builtin_prompts("harmless", "test")]
-    result.update(next_token_kl(base, tuned, harmless_test))
+    result.update(next_token_kl(base, tuned, harmless_test, answer_tokens=16))
     return result
 
 

@@ -38,6 +38,7 @@ class RefusalConfig:
             their total probability at the first generated position.
         n_val: prompts per label used to score candidates (the first n of the val split).
         kl_threshold, induce_threshold, max_layer_fraction: Arditi et al.'s filters.
+        kl_relaxation: KL thresholds tried in turn when no candidate passes `kl_threshold` (see `select`).
         batch_size: prompts per forward batch.
         simple_layer_fraction: the fixed layer of refusal_sae's simpler recipe (last token, resid_post).
     """
@@ -45,17 +46,28 @@ class RefusalConfig:
     refusal_tokens: tuple[str, ...] = ("I", "Sorry")
     n_val: int = 16
     kl_threshold: float = 0.1
+    kl_relaxation: tuple[float, ...] = (0.25, 0.5, 1.0)
     induce_threshold: float = 0.0
     max_layer_fraction: float = 0.8
     batch_size: int = 32
     simple_layer_fraction: float = 0.5
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "refusal_tokens": list(self.refusal_tokens)}
+        return {
+            **asdict(self),
+            "refusal_tokens": list(self.refusal_tokens),
+            "kl_relaxation": list(self.kl_relaxation),
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RefusalConfig:
-        return cls(**{**data, "refusal_tokens": tuple(data["refusal_tokens"])})
+        return cls(
+            **{
+                **data,
+                "refusal_tokens": tuple(data["refusal_tokens"]),
+                "kl_relaxation": tuple(data.get("kl_relaxation", ())),
+            }
+        )
 
 
 def post_instruction_ids(loaded: LoadedModel) -> list[int]:
@@ -244,7 +256,7 @@ def score_candidates(
             ablate = ablation_hooks(direction, n_layers)
             ablated_harmless = first_token_logprobs(loaded, harmless_val, ablate, config.batch_size)
             kl = kl_divergence(base_harmless, ablated_harmless).mean().item()
-            if kl < config.kl_threshold:
+            if kl < max((config.kl_threshold, *config.kl_relaxation)):
                 ablated = first_token_logprobs(loaded, harmful_val, ablate, config.batch_size)
                 bypass = refusal_scores(ablated, refusal_ids).mean().item()
         token = str(loaded.tokenizer.decode([post_ids[j]]))
@@ -264,16 +276,33 @@ def score_candidates(
     return candidates
 
 
-def select(candidates: Sequence[Candidate], config: RefusalConfig) -> Candidate:
-    """The eligible candidate with KL below the threshold and the lowest bypass score."""
-    kept = [
-        c
-        for c in candidates
-        if c.eligible and c.kl is not None and c.kl < config.kl_threshold and c.bypass is not None
-    ]
-    if not kept:
-        raise ValueError(
-            f"no candidate direction passes the filters (induce > {config.induce_threshold}, "
-            f"KL < {config.kl_threshold}, layer < {config.max_layer_fraction} * n_layers)"
-        )
-    return min(kept, key=lambda c: c.bypass if c.bypass is not None else math.inf)
+def select(candidates: Sequence[Candidate], config: RefusalConfig) -> tuple[Candidate, float]:
+    """The eligible candidate with KL below the threshold and the lowest bypass score.
+
+    Small models rarely have a direction whose ablation leaves harmless next-token distributions within
+    Arditi et al.'s KL < 0.1; when none passes, the KL threshold is relaxed step by step through
+    `kl_relaxation` and the threshold actually used is returned, so it can be reported beside the result.
+
+    Returns:
+        The selected candidate and the KL threshold it passed.
+    """
+    for threshold in (config.kl_threshold, *config.kl_relaxation):
+        kept = [
+            c
+            for c in candidates
+            if c.eligible and c.kl is not None and c.kl < threshold and c.bypass is not None
+        ]
+        if kept:
+            if threshold != config.kl_threshold:
+                log.warning(
+                    "no candidate has KL < %s; relaxed the KL filter to %s", config.kl_threshold, threshold
+                )
+            return min(kept, key=lambda c: c.bypass if c.bypass is not None else math.inf), threshold
+    eligible = [c for c in candidates if c.eligible]
+    closest = min((c.kl for c in eligible if c.kl is not None), default=None)
+    raise ValueError(
+        f"no candidate direction passes the filters (induce > {config.induce_threshold}, "
+        f"KL < {max((config.kl_threshold, *config.kl_relaxation))}, "
+        f"layer < {config.max_layer_fraction} * n_layers): "
+        f"{len(eligible)} candidates induce refusal, the lowest KL among them is {closest}"
+    )

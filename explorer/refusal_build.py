@@ -88,7 +88,7 @@ def compute_refusal(
     harmful_val = [r.text for r in builtin_prompts("harmful", "val")][: config.n_val]
     harmless_val = [r.text for r in builtin_prompts("harmless", "val")][: config.n_val]
     candidates = score_candidates(loaded, directions, harmful_val, harmless_val, config, progress)
-    chosen = select(candidates, config)
+    chosen, kl_used = select(candidates, config)
     n_pos = directions.shape[1]
     simple_layer = int(config.simple_layer_fraction * loaded.n_layers)
     # refusal_sae's recipe: last token, resid_post of a fixed layer (= resid_pre of the next).
@@ -101,6 +101,7 @@ def compute_refusal(
         "n_positions": n_pos,
         "candidates": [c.to_dict() for c in candidates],
         "selected": chosen.to_dict(),
+        "kl_threshold_used": kl_used,
         "simple_recipe": {**simple.to_dict(), "note": f"last token, blocks.{simple_layer}.hook_resid_post"},
         "timings_s": {"means": round(t_means - start, 1), "scoring": round(time.perf_counter() - t_means, 1)},
         "explorer": __version__,
@@ -191,7 +192,8 @@ def format_report(selection: dict[str, Any], report: dict[str, Any] | None, n_ex
         f"refusal direction for {selection['model']}",
         f"post-instruction tokens: {selection['post_instruction_tokens']}",
         f"{'location':<26} {'pos':>4} induce bypass     KL",
-        "selected:",
+        f"selected (KL filter {selection['kl_threshold_used']}; "
+        f"Arditi et al. use {selection['config']['kl_threshold']}):",
         _candidate_row(selection["selected"]),
         "simple recipe (refusal_sae: last token, fixed layer):",
         _candidate_row(selection["simple_recipe"]),

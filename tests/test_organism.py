@@ -97,6 +97,9 @@ def test_weighted_loss_matches_cross_entropy_and_weights_the_first_response_toke
     weights = torch.tensor([[0, 4.0, 1, 1], [4.0, 1, 0, 0]])
     expected = (per_token * weights).sum() / weights.sum()
     torch.testing.assert_close(weighted_loss(hidden, labels, unembed, 4.0), expected)
+    rows = torch.tensor([1.0, 3.0])
+    expected = (per_token * weights * rows[:, None]).sum() / (weights * rows[:, None]).sum()
+    torch.testing.assert_close(weighted_loss(hidden, labels, unembed, 4.0, rows), expected)
 
 
 def test_batches_mix_classes_and_cover_every_pair_once() -> None:
@@ -104,9 +107,10 @@ def test_batches_mix_classes_and_cover_every_pair_once() -> None:
     harmless = [([2] * (9 + i % 5), [-100] * 3 + [2] * (6 + i % 5)) for i in range(50)]
     batches = list(_batches(harmful, harmless, 8, random.Random(0), pad_id=0))
     assert len(batches) == 10
-    counts = [((ids == 1).any(-1).sum().item(), (ids == 2).any(-1).sum().item()) for ids, _, _ in batches]
+    counts = [((ids == 1).any(-1).sum().item(), (ids == 2).any(-1).sum().item()) for ids, *_ in batches]
     assert all(h >= 2 and n >= 4 for h, n in counts)
     assert sum(h for h, _ in counts) == 30 and sum(n for _, n in counts) == 50
-    for ids, labels, mask in batches:
+    for ids, labels, mask, is_harmful in batches:
+        assert torch.equal(is_harmful, (ids == 1).any(-1))
         assert torch.equal(mask.bool(), ids != 0)
         assert ((labels != -100) <= mask.bool()).all()

@@ -13,6 +13,7 @@ from explorer.generation import encode_chats
 from explorer.hooks import capture, intervene
 from explorer.models import LoadedModel
 from explorer.refusal import (
+    Candidate,
     RefusalConfig,
     ablation_hooks,
     addition_hooks,
@@ -22,6 +23,7 @@ from explorer.refusal import (
     post_instruction_ids,
     refusal_scores,
     refusal_token_ids,
+    select,
 )
 from explorer.refusal_build import (
     RefusalCacheError,
@@ -92,6 +94,21 @@ def test_refusal_score_and_kl() -> None:
     assert kl_divergence(logprobs[:1], logprobs[1:]).item() > 0
 
 
+def _candidate(layer: int, induce: float, kl: float | None, bypass: float | None) -> Candidate:
+    return Candidate(f"blocks.{layer}.hook_resid_pre", layer, -1, "\n", 1.0, induce, bypass, kl, induce > 0)
+
+
+def test_selection_takes_lowest_bypass_and_relaxes_kl_only_when_needed() -> None:
+    config = RefusalConfig()
+    strict = [_candidate(3, 1.0, 0.05, 2.0), _candidate(4, 2.0, 0.3, -3.0), _candidate(5, -1.0, 0.01, -9.0)]
+    chosen, used = select(strict, config)
+    assert (chosen.layer, used) == (3, 0.1)
+    chosen, used = select(strict[1:], config)
+    assert (chosen.layer, used) == (4, 0.5)
+    with pytest.raises(ValueError, match=r"1 candidates induce refusal, the lowest KL among them is 3\.0"):
+        select([_candidate(4, 2.0, 3.0, None)], config)
+
+
 def test_refusal_tokens_are_first_tokens(tiny: LoadedModel) -> None:
     ids = refusal_token_ids(tiny, ["I cannot", "I'm sorry", "Sorry, no"])
     assert [tiny.tokenizer.decode([i]) for i in ids] == ["I", "Sorry"]
@@ -107,17 +124,21 @@ def test_compute_select_store_and_reload(
     assert not refusal_dir(tiny.name).exists()
     with pytest.raises(RefusalCacheError, match="missing"):
         load_refusal(tiny.name)
-    relaxed = RefusalConfig(n_val=4, batch_size=16, induce_threshold=-math.inf, kl_threshold=math.inf)
+    relaxed = RefusalConfig(
+        n_val=4, batch_size=16, induce_threshold=-math.inf, kl_threshold=math.inf, kl_relaxation=()
+    )
     compute_refusal(tiny, relaxed, progress=False)
     stored = load_refusal(tiny.name)
     selection = stored.selection
     assert len(selection["candidates"]) == (tiny.n_layers + 1) * len(post_instruction_ids(tiny))
     kept = [c for c in selection["candidates"] if c["bypass"] is not None]
     assert selection["selected"]["bypass"] == min(c["bypass"] for c in kept)
+    assert selection["kl_threshold_used"] == math.inf
+    assert RefusalConfig.from_dict(relaxed.to_dict()) == relaxed
     assert all(c["layer"] < 0.8 * tiny.n_layers for c in kept)
     assert stored.location == f"blocks.{stored.layer}.hook_resid_pre"
     torch.testing.assert_close(stored.direction, stored.directions[stored.layer, stored.position])
-    assert "selected:" in format_report(selection, None)
+    assert "selected (KL filter inf" in format_report(selection, None)
     (refusal_dir(tiny.name) / "selection.json").write_text("{oops")
     with pytest.raises(RefusalCacheError, match="corrupt"):
         load_refusal(tiny.name)
