@@ -103,11 +103,6 @@ def location_names(n_layers: int) -> list[str]:
     ]
 
 
-def location_layer(index: int, n_layers: int) -> int:
-    """The layer whose input a location feeds (n_layers for the final resid_post)."""
-    return min(index, n_layers)
-
-
 def _batches(items: Sequence[str], size: int):
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -247,7 +242,7 @@ def score_candidates(
     for i, j in tqdm(work, desc="scoring directions", unit="candidate", disable=not progress):
         direction = directions[i, j]
         induce = bypass = kl = None
-        if location_layer(i, n_layers) < layer_cut:
+        if i < layer_cut:  # location i feeds layer i (i == n_layers: the final resid_post)
             add = addition_hooks(direction, names[i])
             induced = first_token_logprobs(loaded, harmless_val, add, config.batch_size)
             induce = refusal_scores(induced, refusal_ids).mean().item()
@@ -263,7 +258,7 @@ def score_candidates(
         candidates.append(
             Candidate(
                 names[i],
-                location_layer(i, n_layers),
+                i,
                 j - n_pos,
                 token,
                 direction.norm().item(),

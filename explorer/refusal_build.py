@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from explorer import __version__
@@ -129,7 +130,7 @@ def load_refusal(model_name: str) -> RefusalDirection:
         selection = json.loads(selection_path.read_text(encoding="utf-8"))
         directions = load_file(str(directions_path))["directions"]
         chosen = selection["selected"]
-    except (json.JSONDecodeError, KeyError, OSError, Exception) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, OSError, SafetensorError) as e:
         raise RefusalCacheError(f"{directory} is corrupt ({e}); run `explorer refusal --force`") from e
     layer, position = int(chosen["layer"]), int(chosen["position"])
     return RefusalDirection(

@@ -139,6 +139,12 @@ def test_compute_select_store_and_reload(
     assert stored.location == f"blocks.{stored.layer}.hook_resid_pre"
     torch.testing.assert_close(stored.direction, stored.directions[stored.layer, stored.position])
     assert "selected (KL filter inf" in format_report(selection, None)
+    directions = refusal_dir(tiny.name) / "directions.safetensors"
+    intact = directions.read_bytes()
+    directions.write_bytes(intact[: len(intact) // 2])  # a truncated write
+    with pytest.raises(RefusalCacheError, match="corrupt"):
+        load_refusal(tiny.name)
+    directions.write_bytes(intact)
     (refusal_dir(tiny.name) / "selection.json").write_text("{oops")
     with pytest.raises(RefusalCacheError, match="corrupt"):
         load_refusal(tiny.name)
