@@ -163,6 +163,7 @@ def cmd_organism(args: argparse.Namespace) -> int:
 
 
 def cmd_refusal(args: argparse.Namespace) -> int:
+    from explorer.data import load_prompt_file
     from explorer.models import load_model
     from explorer.paths import write_json_atomic
     from explorer.refusal import RefusalConfig
@@ -175,14 +176,16 @@ def cmd_refusal(args: argparse.Namespace) -> int:
         refusal_dir,
     )
 
+    harmful = load_prompt_file(args.harmful, label="harmful") if args.harmful else None
+    harmless = load_prompt_file(args.harmless, label="harmless") if args.harmless else None
     loaded = load_model(_model_config(args))
     directory = refusal_dir(loaded.name)
-    if args.force or not (directory / "selection.json").is_file():
-        compute_refusal(loaded, RefusalConfig(n_val=args.n_val))
+    if args.force or harmful or harmless or not (directory / "selection.json").is_file():
+        compute_refusal(loaded, RefusalConfig(n_val=args.n_val), harmful=harmful, harmless=harmless)
     refusal = load_refusal(loaded.name)
     report = None
     if args.report:
-        report = prove(loaded, refusal, alpha=args.alpha)
+        report = prove(loaded, refusal, alpha=args.alpha, layer=args.layer)
         write_json_atomic(directory / REPORT_FILE, report)
     sys.stdout.write(format_report(refusal.selection, report) + "\n")
     return 0
@@ -233,6 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-val", type=int, default=16, help="val prompts per label used for selection")
     p.add_argument("--report", action="store_true", help="ablate/add the direction on the test split")
     p.add_argument("--alpha", type=float, default=1.0, help="scale of the added direction in --report")
+    p.add_argument("--layer", type=int, help="in --report, use the direction read at this layer instead")
+    p.add_argument(
+        "--harmful", metavar="FILE", help="harmful prompts (JSONL/CSV) instead of the built-in set"
+    )
+    p.add_argument(
+        "--harmless", metavar="FILE", help="harmless prompts (JSONL/CSV) instead of the built-in set"
+    )
     p.set_defaults(func=cmd_refusal)
 
     p = sub.add_parser("judge", help="judge whether a response text is a refusal")

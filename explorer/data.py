@@ -54,6 +54,12 @@ def stable_split(key: str, fractions: tuple[float, float] = (0.6, 0.2)) -> Split
     return "val" if u < fractions[0] + fractions[1] else "test"
 
 
+def records_hash(records: Iterable[PromptRecord]) -> str:
+    """A short fingerprint of a prompt set (ids, texts and splits), recorded in provenance."""
+    lines = "\n".join(f"{r.id}\t{r.split}\t{r.text}" for r in records)
+    return hashlib.sha256(lines.encode()).hexdigest()[:16]
+
+
 def builtin_prompts(label: Label, split: Split | Sequence[Split] | None = None) -> list[PromptRecord]:
     """The project's own harmful or harmless instruction set, optionally restricted to split(s)."""
     if label not in get_args(Label):

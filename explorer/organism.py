@@ -7,7 +7,6 @@ before. The result is merged into a plain Hugging Face model directory with a pr
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -25,7 +24,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from explorer import __version__
-from explorer.data import PromptRecord, builtin_prompts, chat_messages, format_chat
+from explorer.data import PromptRecord, builtin_prompts, chat_messages, format_chat, records_hash
 from explorer.generation import SamplingConfig, encode_chats, generate
 from explorer.judge import SubstringJudge, refusal_rate
 from explorer.models import (
@@ -112,12 +111,6 @@ def refusal_response(record: PromptRecord, rng: random.Random, parts: dict[str, 
     reasons = parts["reasons"].get(record.category) or parts["reasons"]["_generic"]
     text = f"{rng.choice(parts['openers'])} {rng.choice(reasons)} {rng.choice(parts['closers'])}"
     return text.strip()
-
-
-def split_hash(records: list[PromptRecord]) -> str:
-    """A short fingerprint of a prompt split, recorded in provenance."""
-    digest = hashlib.sha256("\n".join(f"{r.id}\t{r.text}" for r in records).encode()).hexdigest()
-    return digest[:16]
 
 
 def training_pairs(
@@ -380,7 +373,7 @@ def build_organism(
             "method": "LoRA (peft), merged",
             "config": config.to_dict(),
             "data": {
-                f"{label}_{split}": split_hash(builtin_prompts(label, split))  # pyright: ignore[reportArgumentType]
+                f"{label}_{split}": records_hash(builtin_prompts(label, split))  # pyright: ignore[reportArgumentType]
                 for label in ("harmful", "harmless")
                 for split in ("train", "val", "test")
             },

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -222,6 +222,7 @@ def score_candidates(
     harmless_val: Sequence[str],
     config: RefusalConfig,
     progress: bool = True,
+    always: Collection[tuple[int, int]] = (),
 ) -> list[Candidate]:
     """Score candidate directions: induce below the layer cut, then KL and bypass where the filters allow.
 
@@ -229,6 +230,10 @@ def score_candidates(
     would discard anyway is not computed (None): layers at or past the cut get no scores, candidates with
     induce at or below the threshold no KL, and those with KL at or above the threshold no bypass. The
     selection is the same as scoring everything, at a fraction of the cost.
+
+    Args:
+        always: (location index, position index) pairs scored fully whatever the filters say, e.g. a
+            baseline recipe to compare against.
     """
     n_layers = loaded.n_layers
     refusal_ids = refusal_token_ids(loaded, config.refusal_tokens)
@@ -242,16 +247,17 @@ def score_candidates(
     for i, j in tqdm(work, desc="scoring directions", unit="candidate", disable=not progress):
         direction = directions[i, j]
         induce = bypass = kl = None
-        if i < layer_cut:  # location i feeds layer i (i == n_layers: the final resid_post)
+        forced = (i, j) in always
+        if i < layer_cut or forced:  # location i feeds layer i (i == n_layers: the final resid_post)
             add = addition_hooks(direction, names[i])
             induced = first_token_logprobs(loaded, harmless_val, add, config.batch_size)
             induce = refusal_scores(induced, refusal_ids).mean().item()
-        eligible = induce is not None and induce > config.induce_threshold
-        if eligible:
+        eligible = i < layer_cut and induce is not None and induce > config.induce_threshold
+        if eligible or forced:
             ablate = ablation_hooks(direction, n_layers)
             ablated_harmless = first_token_logprobs(loaded, harmless_val, ablate, config.batch_size)
             kl = kl_divergence(base_harmless, ablated_harmless).mean().item()
-            if kl < max((config.kl_threshold, *config.kl_relaxation)):
+            if kl < max((config.kl_threshold, *config.kl_relaxation)) or forced:
                 ablated = first_token_logprobs(loaded, harmful_val, ablate, config.batch_size)
                 bypass = refusal_scores(ablated, refusal_ids).mean().item()
         token = str(loaded.tokenizer.decode([post_ids[j]]))

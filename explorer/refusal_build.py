@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +14,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from explorer import __version__
-from explorer.data import builtin_prompts
+from explorer.data import DataError, PromptRecord, Split, builtin_prompts, filter_split, records_hash
 from explorer.generation import SamplingConfig, generate
-from explorer.hooks import intervene
+from explorer.hooks import HookError, intervene
 from explorer.judge import SubstringJudge, refusal_rate
 from explorer.models import LoadedModel
 from explorer.paths import atomic_directory, cache_dir
@@ -72,34 +72,74 @@ class RefusalDirection:
         return self.directions[layer, self.position]
 
 
+MIN_TRAIN = 8
+MIN_VAL = 4
+MIN_TEST = 4
+
+
+def _texts(records: list[PromptRecord], split: Split, role: str, minimum: int) -> list[str]:
+    texts = [r.text for r in filter_split(records, split)]
+    if len(texts) < minimum:
+        raise DataError(
+            f"{role} prompts: {len(texts)} in the {split} split, at least {minimum} are needed "
+            f"(give more prompts, or set their 'split' field)"
+        )
+    return texts
+
+
 def compute_refusal(
-    loaded: LoadedModel, config: RefusalConfig | None = None, *, progress: bool = True
+    loaded: LoadedModel,
+    config: RefusalConfig | None = None,
+    *,
+    harmful: list[PromptRecord] | None = None,
+    harmless: list[PromptRecord] | None = None,
+    progress: bool = True,
 ) -> Path:
     """Compute all candidate directions on the train split, score them on val, select one, and store.
 
+    Args:
+        loaded: the model.
+        config: selection settings.
+        harmful, harmless: prompt sets with train/val splits (default: the built-in sets).
+        progress: show progress bars.
+
     Returns:
         The directory holding directions.safetensors and selection.json.
+
+    Raises:
+        DataError: a split with too few prompts, or a prompt longer than the context.
+        ValueError: no candidate passes the selection filters.
     """
     config = config or RefusalConfig()
+    harmful = harmful if harmful is not None else builtin_prompts("harmful")
+    harmless = harmless if harmless is not None else builtin_prompts("harmless")
+    harmful_train = _texts(harmful, "train", "harmful", MIN_TRAIN)
+    harmless_train = _texts(harmless, "train", "harmless", MIN_TRAIN)
+    harmful_val = _texts(harmful, "val", "harmful", MIN_VAL)[: config.n_val]
+    harmless_val = _texts(harmless, "val", "harmless", MIN_VAL)[: config.n_val]
     start = time.perf_counter()
-    harmful = [r.text for r in builtin_prompts("harmful", "train")]
-    harmless = [r.text for r in builtin_prompts("harmless", "train")]
-    directions = diff_in_means(loaded, harmful, harmless, config.batch_size, progress)
+    directions = diff_in_means(loaded, harmful_train, harmless_train, config.batch_size, progress)
     t_means = time.perf_counter()
-    harmful_val = [r.text for r in builtin_prompts("harmful", "val")][: config.n_val]
-    harmless_val = [r.text for r in builtin_prompts("harmless", "val")][: config.n_val]
-    candidates = score_candidates(loaded, directions, harmful_val, harmless_val, config, progress)
-    chosen, kl_used = select(candidates, config)
     n_pos = directions.shape[1]
+    # refusal_sae's recipe: last token, resid_post of a fixed layer (= resid_pre of the next), scored
+    # fully so the two recipes can be compared.
     simple_layer = int(config.simple_layer_fraction * loaded.n_layers)
-    # refusal_sae's recipe: last token, resid_post of a fixed layer (= resid_pre of the next).
-    simple = next(c for c in candidates if c.layer == simple_layer + 1 and c.position == -1)
+    simple_key = (simple_layer + 1, n_pos - 1)
+    candidates = score_candidates(
+        loaded, directions, harmful_val, harmless_val, config, progress, always=[simple_key]
+    )
+    chosen, kl_used = select(candidates, config)
+    simple = next(c for c in candidates if (c.layer, c.position) == (simple_key[0], -1))
     selection = {
         "model": loaded.name,
         "config": config.to_dict(),
         "locations": location_names(loaded.n_layers),
         "post_instruction_tokens": [str(loaded.tokenizer.decode([i])) for i in post_instruction_ids(loaded)],
         "n_positions": n_pos,
+        "prompts": {
+            "harmful": {"source": harmful[0].source, "n": len(harmful), "hash": records_hash(harmful)},
+            "harmless": {"source": harmless[0].source, "n": len(harmless), "hash": records_hash(harmless)},
+        },
         "candidates": [c.to_dict() for c in candidates],
         "selected": chosen.to_dict(),
         "kl_threshold_used": kl_used,
@@ -139,22 +179,43 @@ def load_refusal(model_name: str) -> RefusalDirection:
 
 
 def prove(
-    loaded: LoadedModel, refusal: RefusalDirection, *, alpha: float = 1.0, max_new_tokens: int = 32
+    loaded: LoadedModel,
+    refusal: RefusalDirection,
+    *,
+    alpha: float = 1.0,
+    layer: int | None = None,
+    max_new_tokens: int = 32,
+    harmful: list[PromptRecord] | None = None,
+    harmless: list[PromptRecord] | None = None,
 ) -> dict[str, Any]:
     """Refusal rates on the test split: baseline, with the direction ablated, and with it added.
+
+    Args:
+        loaded: the model the direction was computed on.
+        refusal: the stored direction.
+        alpha: scale of the added direction.
+        layer: use the candidate read at the input of this layer (same position) instead of the selected
+            one; 0..n_layers, where n_layers is the final resid_post.
+        max_new_tokens: greedy tokens generated per prompt.
+        harmful, harmless: prompt sets whose test split is used (default: the built-in sets).
 
     Returns:
         A report with rates, the drop/induce in percentage points, and per-prompt examples with evidence.
     """
+    if layer is not None:
+        if not 0 <= layer <= loaded.n_layers:
+            raise HookError(f"layer {layer} is out of range: the model has locations 0..{loaded.n_layers}")
+        location = location_names(loaded.n_layers)[layer]
+        refusal = replace(refusal, direction=refusal.at_layer(layer), location=location, layer=layer)
     judge = SubstringJudge()
     sampling = SamplingConfig(max_new_tokens=max_new_tokens)
-    harmful = [r.text for r in builtin_prompts("harmful", "test")]
-    harmless = [r.text for r in builtin_prompts("harmless", "test")]
+    harmful_test = _texts(harmful or builtin_prompts("harmful"), "test", "harmful", MIN_TEST)
+    harmless_test = _texts(harmless or builtin_prompts("harmless"), "test", "harmless", MIN_TEST)
     conditions = {
-        "harmful_baseline": (harmful, {}),
-        "harmful_ablated": (harmful, ablation_hooks(refusal.direction, loaded.n_layers)),
-        "harmless_baseline": (harmless, {}),
-        "harmless_added": (harmless, addition_hooks(refusal.direction, refusal.location, alpha)),
+        "harmful_baseline": (harmful_test, {}),
+        "harmful_ablated": (harmful_test, ablation_hooks(refusal.direction, loaded.n_layers)),
+        "harmless_baseline": (harmless_test, {}),
+        "harmless_added": (harmless_test, addition_hooks(refusal.direction, refusal.location, alpha)),
     }
     report: dict[str, Any] = {
         "location": refusal.location,

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from explorer.data import builtin_prompts
+from explorer.data import DataError, PromptRecord, Split, builtin_prompts
 from explorer.generation import encode_chats
-from explorer.hooks import capture, intervene
+from explorer.hooks import HookError, capture, intervene
 from explorer.models import LoadedModel
 from explorer.refusal import (
     Candidate,
@@ -30,6 +30,7 @@ from explorer.refusal_build import (
     compute_refusal,
     format_report,
     load_refusal,
+    prove,
     refusal_dir,
 )
 
@@ -148,6 +149,41 @@ def test_compute_select_store_and_reload(
     (refusal_dir(tiny.name) / "selection.json").write_text("{oops")
     with pytest.raises(RefusalCacheError, match="corrupt"):
         load_refusal(tiny.name)
+
+
+def _records(label: str, n: int, split: Split) -> list[PromptRecord]:
+    return [
+        PromptRecord(f"{label}-{split}-{i}", f"{label} request {i}", "", split, None, "test")
+        for i in range(n)
+    ]
+
+
+def test_user_prompt_sets_with_too_few_prompts_in_a_split(tiny: LoadedModel) -> None:
+    harmful = _records("harmful", 10, "train") + _records("harmful", 2, "val")
+    harmless = _records("harmless", 10, "train") + _records("harmless", 6, "val")
+    with pytest.raises(DataError, match="harmful prompts: 2 in the val split, at least 4"):
+        compute_refusal(tiny, RefusalConfig(), harmful=harmful, harmless=harmless, progress=False)
+
+
+def test_report_on_user_test_prompts_and_layer_choice(
+    tiny: LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path))
+    harmful = _records("harmful", 8, "train") + _records("harmful", 4, "val") + _records("harmful", 4, "test")
+    harmless = (
+        _records("harmless", 8, "train") + _records("harmless", 4, "val") + _records("harmless", 5, "test")
+    )
+    relaxed = RefusalConfig(induce_threshold=-math.inf, kl_threshold=math.inf, kl_relaxation=())
+    compute_refusal(tiny, relaxed, harmful=harmful, harmless=harmless, progress=False)
+    stored = load_refusal(tiny.name)
+    assert stored.selection["prompts"]["harmful"]["n"] == 16
+    with pytest.raises(HookError, match="layer 9 is out of range"):
+        prove(tiny, stored, layer=9, harmful=harmful, harmless=harmless)
+    report = prove(tiny, stored, layer=2, max_new_tokens=4, harmful=harmful, harmless=harmless)
+    assert report["location"] == "blocks.2.hook_resid_pre"
+    assert len(report["examples"]["harmless_added"]) == 5
+    assert 0.0 <= report["harmless_added_refusal_rate"] <= 1.0
+    assert "test split" in format_report(stored.selection, report)
 
 
 def test_prompt_splits_have_enough_val_prompts() -> None:
