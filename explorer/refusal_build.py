@@ -261,7 +261,12 @@ def format_report(selection: dict[str, Any], report: dict[str, Any] | None, n_ex
         _candidate_row(selection["simple_recipe"]),
         "lowest bypass among candidates passing the filters:",
     ]
-    kept = [Candidate(**c) for c in selection["candidates"] if c["bypass"] is not None]
+    used = selection["kl_threshold_used"]
+    kept = [
+        Candidate(**c)
+        for c in selection["candidates"]
+        if c["eligible"] and c["bypass"] is not None and c["kl"] is not None and c["kl"] < used
+    ]
     for c in sorted(kept, key=lambda c: c.bypass if c.bypass is not None else 0.0)[:5]:
         lines.append(_candidate_row(c.to_dict()))
     if report is not None:
