@@ -4,7 +4,8 @@ import streamlit as st
 
 from explorer.hooks import hook_names
 from explorer.models import ModelError
-from explorer.ui.loaders import build_manifest, cached_model
+from explorer.ui.charts import selection_heatmap
+from explorer.ui.loaders import build_manifest, cached_model, refusal_records
 from explorer.ui.state import MODEL_ENV, model_spec_from_env
 
 st.title("refusal-explorer")
@@ -31,6 +32,53 @@ with st.expander("Provenance", expanded=False):
     st.json(info["provenance"] or {"note": "no provenance.json beside this model"})
 with st.expander(f"Residual hooks ({2 * info['n_layers']})", expanded=False):
     st.code("\n".join(hook_names(info["n_layers"])), language="text")
+
+metrics = info["provenance"].get("metrics")
+if metrics:
+    st.subheader("Safety fine-tune (test split)")
+    cols = st.columns(4)
+    cols[0].metric("Harmful refused", f"{metrics['harmful_refusal_rate']:.1%}")
+    cols[1].metric("Harmless refused", f"{metrics['harmless_refusal_rate']:.1%}")
+    cols[2].metric("KL, first token", f"{metrics['kl_first_token']:.2f} nats")
+    cols[3].metric("KL, over answer", f"{metrics['kl_answer']:.2f} nats")
+    st.caption("Greedy generation, substring judge; KL(base ‖ tuned) on harmless test prompts.")
+
+st.subheader("Refusal direction")
+try:
+    selection, report = refusal_records(info["name"])
+except ValueError as e:
+    st.error(str(e))
+    selection, report = None, None
+if selection is None:
+    st.info(f"No refusal direction for this model yet: run `explorer refusal --model {spec}`.")
+else:
+    chosen = selection["selected"]
+    st.markdown(
+        f"Selected **`{chosen['location']}`** at position {chosen['position']} "
+        f"(`{chosen['token']!r}`): induce {chosen['induce']:.2f}, bypass {chosen['bypass']:.2f}, "
+        f"KL {chosen['kl']:.3f} under a KL filter of {selection['kl_threshold_used']} "
+        f"(Arditi et al. use {selection['config']['kl_threshold']})."
+    )
+    if report is not None:
+        cols = st.columns(3)
+        cols[0].metric(
+            "Harmful refused, direction ablated",
+            f"{report['harmful_ablated_refusal_rate']:.1%}",
+            f"{-report['ablation_drop_points']:.1f} points",
+            delta_color="off",
+        )
+        cols[1].metric(
+            "Harmless refused, direction added",
+            f"{report['harmless_added_refusal_rate']:.1%}",
+            f"from {report['harmless_baseline_refusal_rate']:.1%}",
+            delta_color="off",
+        )
+        cols[2].metric("Added at", report["location"], f"alpha {report['alpha']}", delta_color="off")
+    score = st.radio("Candidate score", ["induce", "bypass", "kl"], horizontal=True)
+    st.plotly_chart(selection_heatmap(selection, score), use_container_width=True)
+    st.caption(
+        "Blank cells: scores Arditi et al.'s filters would discard, not computed. Scores on the val split."
+    )
 
 st.subheader("Build")
 try:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from explorer.models import LoadedModel
+from explorer.refusal import RefusalConfig
+from explorer.refusal_build import compute_refusal, load_refusal
 from explorer.ui.state import MODEL_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,3 +45,27 @@ def test_corrupt_build_manifest_is_reported(
     app = _run(monkeypatch, str(tiny_dir), tmp_path)
     assert not app.exception
     assert any("corrupt" in e.value for e in app.error)
+
+
+def test_overview_shows_the_refusal_selection(
+    monkeypatch: pytest.MonkeyPatch, tiny: LoadedModel, tiny_dir: Path, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path))
+    relaxed = RefusalConfig(n_val=4, induce_threshold=-math.inf, kl_threshold=math.inf, kl_relaxation=())
+    compute_refusal(tiny, relaxed, progress=False)
+    selected = load_refusal(tiny.name).location
+    app = _run(monkeypatch, str(tiny_dir), tmp_path)
+    assert not app.exception
+    assert any(f"Selected **`{selected}`**" in m.value for m in app.markdown)
+    assert len(app.get("plotly_chart")) == 1
+    app.radio[0].set_value("kl").run()
+    assert not app.exception
+    assert not any("No refusal direction" in i.value for i in app.info)
+
+
+def test_overview_without_a_refusal_direction_says_how_to_make_one(
+    monkeypatch: pytest.MonkeyPatch, tiny_dir: Path, tmp_path: Path
+) -> None:
+    app = _run(monkeypatch, str(tiny_dir), tmp_path)
+    assert any("explorer refusal --model" in i.value for i in app.info)
+    assert not app.get("plotly_chart")

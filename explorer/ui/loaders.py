@@ -11,12 +11,23 @@ import streamlit as st
 from explorer.build import BUILD_MANIFEST
 from explorer.models import LoadedModel, ModelConfig, load_model
 from explorer.paths import cache_dir
+from explorer.refusal_build import REPORT_FILE, SELECTION_FILE, refusal_dir
 
 
 @st.cache_resource(show_spinner="Loading model…")
 def cached_model(spec: str, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
     """Load a model once per (spec, device, dtype); callers must not mutate it."""
     return load_model(ModelConfig(spec=spec, device=device, dtype=dtype))  # pyright: ignore[reportArgumentType]
+
+
+def refusal_records(model_name: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The stored refusal-direction selection and test-split report of a model (None where missing)."""
+    directory = refusal_dir(model_name)
+    found = []
+    for name in (SELECTION_FILE, REPORT_FILE):
+        path = directory / name
+        found.append(_read_json(str(path), path.stat().st_mtime_ns) if path.is_file() else None)
+    return found[0], found[1]
 
 
 def build_manifest() -> dict[str, Any] | None:

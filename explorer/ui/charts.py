@@ -1,0 +1,50 @@
+"""Plotly figures built from stored records (lists and floats); no computation on tensors here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import plotly.graph_objects as go
+
+
+def selection_heatmap(selection: dict[str, Any], score: str) -> go.Figure:
+    """One candidate score (induce, bypass or kl) over locations × post-instruction positions.
+
+    Cells a filter skipped are blank; the selected candidate is circled.
+    """
+    tokens = [repr(t)[1:-1] for t in selection["post_instruction_tokens"]]
+    n_pos = len(tokens)
+    locations = selection["locations"]
+    grid: list[list[float | None]] = [[None] * len(locations) for _ in range(n_pos)]
+    for c in selection["candidates"]:
+        grid[c["position"] + n_pos][c["layer"]] = c[score]
+    chosen = selection["selected"]
+    figure = go.Figure(
+        go.Heatmap(
+            z=grid,
+            x=list(range(len(locations))),
+            y=[f"{p - n_pos} {t}" for p, t in enumerate(tokens)],
+            colorscale="RdBu_r" if score != "kl" else "Viridis",
+            zmid=0 if score != "kl" else None,
+            hovertemplate="layer %{x}<br>position %{y}<br>" + score + " %{z:.3f}<extra></extra>",
+            colorbar={"title": score},
+        )
+    )
+    figure.add_trace(
+        go.Scatter(
+            x=[chosen["layer"]],
+            y=[f"{chosen['position']} {tokens[chosen['position'] + n_pos]}"],
+            mode="markers",
+            marker={"symbol": "circle-open", "size": 18, "color": "black", "line": {"width": 3}},
+            name="selected",
+            hovertemplate=f"selected: {chosen['location']}<extra></extra>",
+        )
+    )
+    figure.update_layout(
+        xaxis_title="layer (input of; the last column is the final resid_post)",
+        yaxis_title="post-instruction position",
+        height=320,
+        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        showlegend=False,
+    )
+    return figure
