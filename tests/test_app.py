@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from explorer.data import builtin_prompts
 from explorer.models import LoadedModel
+from explorer.paths import write_json_atomic
 from explorer.refusal import RefusalConfig
-from explorer.refusal_build import compute_refusal, load_refusal
+from explorer.refusal_build import REPORT_FILE, compute_refusal, load_refusal, prove, refusal_dir
 from explorer.ui.state import MODEL_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,10 +55,17 @@ def test_overview_shows_the_refusal_selection(
     monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path))
     relaxed = RefusalConfig(n_val=4, induce_threshold=-math.inf, kl_threshold=math.inf, kl_relaxation=())
     compute_refusal(tiny, relaxed, progress=False)
-    selected = load_refusal(tiny.name).location
+    stored = load_refusal(tiny.name)
+    harmful = builtin_prompts("harmful", "test")[:4]
+    harmless = builtin_prompts("harmless", "test")[:4]
+    report = prove(tiny, stored, max_new_tokens=3, harmful=harmful, harmless=harmless)
+    write_json_atomic(refusal_dir(tiny.name) / REPORT_FILE, report)
     app = _run(monkeypatch, str(tiny_dir), tmp_path)
     assert not app.exception
-    assert any(f"Selected **`{selected}`**" in m.value for m in app.markdown)
+    assert any(f"Selected **`{stored.location}`**" in m.value for m in app.markdown)
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics["Added at"] == stored.location
+    assert metrics["Harmless refused, direction added"] == f"{report['harmless_added_refusal_rate']:.1%}"
     assert len(app.get("plotly_chart")) == 1
     app.radio[0].set_value("kl").run()
     assert not app.exception
