@@ -32,10 +32,12 @@ from explorer.models import (
     ORGANISM_NAME,
     PROVENANCE_FILE,
     LoadedModel,
+    is_complete_model_dir,
     load_model,
     organism_dir,
 )
 from explorer.paths import atomic_directory
+from explorer.refusal import kl_divergence
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +312,7 @@ def next_token_kl(
         span = slice(n_prompt - 1, n_prompt - 1 + width)
         logp = base.model(input_ids=ids, attention_mask=mask).logits[:, span].float().log_softmax(-1)
         logq = tuned.model(input_ids=ids, attention_mask=mask).logits[:, span].float().log_softmax(-1)
-        kl = (logp.exp() * (logp - logq)).sum(-1)  # [batch, width]
+        kl = kl_divergence(logp, logq)  # [batch, width]
         for r, a in enumerate(rows):
             first.append(kl[r, 0].item())
             over_answer.append(kl[r, : max(1, len(a.token_ids))].mean().item())
@@ -346,7 +348,7 @@ def build_organism(
     """
     config = config or OrganismConfig()
     out = organism_dir()
-    if (out / PROVENANCE_FILE).is_file() and not force:
+    if is_complete_model_dir(out) and not force:
         return out
     start = time.perf_counter()
     torch.manual_seed(config.seed)

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from explorer.data import DataError, chat_messages, format_chat
 from explorer.generation import encode_chats
-from explorer.hooks import HookFn, capture, hook_names, intervene
+from explorer.hooks import HookFn, capture, intervene
 from explorer.models import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,8 @@ def ablation_hooks(direction: torch.Tensor, n_layers: int) -> dict[str, HookFn]:
         r = unit.to(act.dtype).to(act.device)
         return act - (act @ r)[..., None] * r
 
-    return {name: ablate for name in hook_names(n_layers)}
+    # resid_post of layer i is resid_pre of layer i+1, so the n_layers + 1 distinct locations suffice.
+    return {name: ablate for name in location_names(n_layers)}
 
 
 def addition_hooks(direction: torch.Tensor, location: str, alpha: float = 1.0) -> dict[str, HookFn]:
@@ -192,7 +193,7 @@ def refusal_scores(logprobs: torch.Tensor, token_ids: Sequence[int]) -> torch.Te
 
 
 def kl_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
-    """Per-row KL(p || q) from log-probabilities [rows, vocab]."""
+    """KL(p || q) over the last (vocabulary) axis, from log-probabilities [..., vocab]."""
     return (logp.exp() * (logp - logq)).sum(-1)
 
 
