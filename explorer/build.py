@@ -65,6 +65,12 @@ def default_stages() -> list[Stage]:
             lambda: (refusal_dir(ORGANISM_NAME) / REPORT_FILE).is_file(),
             _run_refusal,
         ),
+        Stage(
+            "saes",
+            "SAEs at the refusal layer and two comparison layers, with quality reports (~10 min)",
+            _saes_complete,
+            _run_saes,
+        ),
     ]
 
 
@@ -80,6 +86,18 @@ def _run_refusal(force: bool) -> None:
     compute_refusal(loaded)
     report = prove(loaded, load_refusal(ORGANISM_NAME))
     write_json_atomic(refusal_dir(ORGANISM_NAME) / REPORT_FILE, report)
+
+
+def _saes_complete() -> bool:
+    from explorer.sae_build import is_complete
+
+    return is_complete(ORGANISM_NAME)
+
+
+def _run_saes(force: bool) -> None:
+    from explorer.sae_build import build_saes
+
+    build_saes(ORGANISM_NAME, force=force)
 
 
 def build_default(only: list[str] | None = None, *, force: bool = False) -> dict[str, Any]:

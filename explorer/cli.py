@@ -261,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_generate)
+
+    from explorer.cli_sae import add_sae_parser
+
+    add_sae_parser(sub)
     return parser
 
 
@@ -273,10 +277,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from explorer.data import DataError
     from explorer.hooks import HookError
     from explorer.models import ModelError
+    from explorer.sae import SAEError
 
     try:
         return int(args.func(args))
-    except (ModelError, DataError, HookError, ValueError) as e:
+    except (ModelError, DataError, HookError, SAEError, ValueError) as e:
         sys.stderr.write(f"explorer {args.command}: error: {e}\n")
         return 2
 

@@ -4,8 +4,9 @@ import streamlit as st
 
 from explorer.hooks import hook_names
 from explorer.models import ModelError
-from explorer.ui.charts import selection_heatmap
-from explorer.ui.loaders import build_manifest, cached_model, refusal_records
+from explorer.sae_quality import summary_row
+from explorer.ui.charts import l0_histograms, selection_heatmap
+from explorer.ui.loaders import build_manifest, cached_model, refusal_records, sae_records
 from explorer.ui.state import MODEL_ENV, model_spec_from_env
 
 st.title("refusal-explorer")
@@ -79,6 +80,27 @@ else:
     st.caption(
         "Blank cells: scores Arditi et al.'s filters would discard, not computed. Scores on the val split."
     )
+
+st.subheader("SAEs")
+try:
+    saes = sae_records(info["name"])
+except ValueError as e:
+    st.error(str(e))
+    saes = None
+if saes is None:
+    st.info("No SAEs trained for this model yet: run `explorer sae train` (part of `explorer build`).")
+else:
+    sae_index, sae_reports = saes
+    rows = [summary_row(rep, is_main=hook == sae_index.get("main")) for hook, rep in sae_reports.items()]
+    st.dataframe(rows, hide_index=True)
+    st.caption(
+        "Measured on held-out tokens (test-split transcripts and held-out text); first position and "
+        "special tokens excluded. Dead: never active on held-out tokens; dense: active on > 10% of them. "
+        "Loss recovered = (CE zero-ablated − CE spliced) / (CE zero-ablated − CE clean). Activations are "
+        "raw latent values."
+    )
+    if sae_reports:
+        st.plotly_chart(l0_histograms(sae_reports), use_container_width=True)
 
 st.subheader("Build")
 try:

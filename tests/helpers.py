@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -68,3 +69,50 @@ def save_tiny_model_dir(
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def tiny_sae(
+    architecture: str = "topk",
+    d_in: int = 64,
+    d_sae: int = 128,
+    hook: str = "blocks.2.hook_resid_pre",
+    seed: int = 0,
+    dtype: str = "float32",
+) -> Any:
+    """A seeded SAELens inference SAE with random weights (no training), for loading and checking tests."""
+    from sae_lens.registry import get_sae_class
+
+    sae_cls, cfg_cls = get_sae_class(architecture)
+    options: dict[str, Any] = {"d_in": d_in, "d_sae": d_sae, "dtype": dtype}
+    if architecture == "topk":
+        options["k"] = 8
+    cfg = cfg_cls(**options)
+    cfg.metadata.hook_name = hook
+    cfg.metadata.model_name = "tiny"
+    torch.manual_seed(seed)
+    sae = sae_cls(cfg)
+    with torch.no_grad():
+        for param in sae.parameters():
+            param.copy_(torch.randn_like(param) * 0.1)
+    return sae.eval()
+
+
+def identity_sae(d_in: int, hook: str = "blocks.2.hook_resid_pre", n_dead: int = 0) -> Any:
+    """A standard (ReLU) SAE that reconstructs its input exactly: latents i and d_in + i carry +x_i and
+    -x_i. `n_dead` extra latents have a zero encoder and a negative bias, so they never fire."""
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    cfg = StandardSAEConfig(d_in=d_in, d_sae=2 * d_in + n_dead)
+    cfg.metadata.hook_name = hook
+    sae = StandardSAE(cfg)
+    eye = torch.eye(d_in)
+    with torch.no_grad():
+        sae.W_enc.zero_()
+        sae.W_enc[:, : 2 * d_in] = torch.cat([eye, -eye], dim=1)
+        sae.W_dec.zero_()
+        sae.W_dec[: 2 * d_in] = torch.cat([eye, -eye], dim=0)
+        sae.W_dec[2 * d_in :, 0] = 1.0  # unit rows, so decoder norms stay well defined
+        sae.b_enc.zero_()
+        sae.b_enc[2 * d_in :] = -1.0
+        sae.b_dec.zero_()
+    return sae.eval()

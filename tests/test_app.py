@@ -78,3 +78,28 @@ def test_overview_without_a_refusal_direction_says_how_to_make_one(
     app = _run(monkeypatch, str(tiny_dir), tmp_path)
     assert any("explorer refusal --model" in i.value for i in app.info)
     assert not app.get("plotly_chart")
+
+
+def test_overview_shows_the_sae_quality_table(
+    monkeypatch: pytest.MonkeyPatch, tiny: LoadedModel, tiny_dir: Path, tmp_path: Path
+) -> None:
+    from explorer.corpus import CorpusConfig
+    from explorer.sae_build import SAEStageConfig, build_saes
+    from explorer.sae_train import SAETrainConfig
+
+    monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path))
+    relaxed = RefusalConfig(n_val=4, induce_threshold=-math.inf, kl_threshold=math.inf, kl_relaxation=())
+    compute_refusal(tiny, relaxed, progress=False)
+    small = SAETrainConfig(d_sae=64, k=4, training_samples=2000, batch_size=500, autocast=False)
+    corpus = CorpusConfig(seq_len=64, response_tokens=4, text_tokens=2000, prompts_per_label=6, batch_size=6)
+    index = build_saes(
+        str(tiny_dir), SAEStageConfig(main=small, side=small, corpus=corpus, fast_dtype=None, loss_rows=4)
+    )
+    app = _run(monkeypatch, str(tiny_dir), tmp_path)
+    assert not app.exception
+    table = app.dataframe[0].value
+    assert len(table) == len(index["hooks"])
+    assert table["hook"].str.contains("refusal layer").sum() == 1
+    assert set(table["architecture"]) == {"topk × 64"}
+    assert len(app.get("plotly_chart")) == 2  # the refusal heatmap and the L0 histogram
+    assert not any("No SAEs trained" in i.value for i in app.info)

@@ -96,3 +96,26 @@ def test_generate_on_the_offline_default(capsys: pytest.CaptureFixture[str]) -> 
     # "default" is the safety-tuned model once `explorer build` made it, the base model before
     assert out["model"] in ("smollm2-135m-instruct", "smollm2-135m-instruct-safety")
     assert "Paris" in out["results"][0]["completion"]
+
+
+def test_sae_info_checks_an_sae_against_a_model(
+    tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.helpers import tiny_sae
+
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    tiny_sae(d_in=64).save_model(good)
+    tiny_sae(d_in=32).save_model(bad)
+    assert main(["sae", "info", str(good), "--model", str(tiny_dir)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["compatible_with"] == tiny_dir.name and info["hook"] == "blocks.2.hook_resid_pre"
+    assert main(["sae", "info", str(bad), "--model", str(tiny_dir)]) == 2
+    assert "d_in 32 but model" in capsys.readouterr().err
+
+
+def test_sae_report_without_saes_says_how_to_build_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path))
+    assert main(["sae", "report"]) == 2
+    assert "run `explorer sae train`" in capsys.readouterr().err

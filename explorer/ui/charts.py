@@ -48,3 +48,21 @@ def selection_heatmap(selection: dict[str, Any], score: str) -> go.Figure:
         showlegend=False,
     )
     return figure
+
+
+def l0_histograms(reports: dict[str, dict[str, Any]]) -> go.Figure:
+    """Per-token L0 of each SAE on held-out tokens, one trace per hook."""
+    fig = go.Figure()
+    for hook, report in reports.items():
+        hist = report["reconstruction"]["l0"]["histogram"]
+        total = max(sum(hist["tokens"]), 1)
+        fig.add_trace(go.Bar(x=hist["l0"], y=[c / total for c in hist["tokens"]], name=hook, opacity=0.7))
+    fig.update_layout(
+        barmode="overlay",
+        xaxis_title="active latents per token (L0)",
+        yaxis_title="fraction of held-out tokens",
+        height=320,
+        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        legend={"orientation": "h", "y": 1.12},
+    )
+    return fig

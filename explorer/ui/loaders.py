@@ -12,6 +12,9 @@ from explorer.build import BUILD_MANIFEST
 from explorer.models import LoadedModel, ModelConfig, load_model
 from explorer.paths import cache_dir
 from explorer.refusal_build import REPORT_FILE, SELECTION_FILE, refusal_dir
+from explorer.sae import sae_root
+from explorer.sae_build import INDEX_FILE as SAE_INDEX_FILE
+from explorer.sae_build import REPORT_FILE as SAE_REPORT_FILE
 
 
 @st.cache_resource(show_spinner="Loading model…")
@@ -28,6 +31,21 @@ def refusal_records(model_name: str) -> tuple[dict[str, Any] | None, dict[str, A
         path = directory / name
         found.append(_read_json(str(path), path.stat().st_mtime_ns) if path.is_file() else None)
     return found[0], found[1]
+
+
+def sae_records(model_name: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]] | None:
+    """The SAE stage's index and each SAE's quality report for a model, or None if none were trained."""
+    root = sae_root() / model_name
+    index_path = root / SAE_INDEX_FILE
+    if not index_path.is_file():
+        return None
+    index = _read_json(str(index_path), index_path.stat().st_mtime_ns)
+    reports = {}
+    for hook in index.get("hooks", []):
+        path = root / hook / SAE_REPORT_FILE
+        if path.is_file():
+            reports[hook] = _read_json(str(path), path.stat().st_mtime_ns)
+    return index, reports
 
 
 def build_manifest() -> dict[str, Any] | None:

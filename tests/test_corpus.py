@@ -1,0 +1,133 @@
+"""The token corpus and the stored activations built from it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from explorer.activations import ActivationError, collect, load_activations, shuffled_batches
+from explorer.corpus import (
+    CorpusConfig,
+    CorpusError,
+    _pack,
+    build_corpus,
+    count_mask,
+    load_corpus,
+    python_documents,
+)
+from explorer.data import builtin_prompts
+from explorer.hooks import run_to
+from explorer.models import LoadedModel, special_token_ids
+
+SMALL = CorpusConfig(seq_len=64, response_tokens=4, text_tokens=1500, batch_size=4)
+HOOKS = ["blocks.1.hook_resid_pre", "blocks.2.hook_resid_post"]
+
+
+@pytest.fixture(scope="module")
+def corpus_path(tmp_path_factory: pytest.TempPathFactory, tiny: LoadedModel) -> Path:
+    prompts = builtin_prompts("harmful", "train")[:3] + builtin_prompts("harmless", "test")[:3]
+    directory = tmp_path_factory.mktemp("corpus")
+    build_corpus(tiny, SMALL, prompts, directory)
+    return directory
+
+
+def test_count_mask_excludes_first_position_padding_and_special_tokens() -> None:
+    ids = torch.tensor([[5, 1, 7, 8], [5, 6, 0, 0]])
+    mask = count_mask(ids, torch.tensor([4, 2]), special={1})
+    assert mask.tolist() == [[False, False, True, True], [False, True, False, False]]
+
+
+def test_pack_cuts_a_separated_stream_into_windows() -> None:
+    assert _pack([[1, 2, 3], [4]], 3, [0]) == [[1, 2, 3], [0, 4, 0]]
+    assert _pack([[1, 2, 3]], 2, [9]) == [[1, 2], [3, 9]]
+
+
+def test_python_documents_are_prose_in_a_fixed_order() -> None:
+    docs = python_documents(min_chars=400)
+    assert len(docs) > 500
+    assert docs == python_documents(min_chars=400)
+    assert docs[0][0].startswith("pydoc:")
+    assert all(len(text) >= 400 for doc_id, text in docs if not doc_id.startswith("pydoc:"))
+
+
+def test_corpus_round_trip_and_layout(corpus_path: Path, tiny: LoadedModel) -> None:
+    corpus = load_corpus(corpus_path, tiny.tokenizer)
+    chats = corpus.rows(kind="chat")
+    assert len(chats) == 6
+    # Train/val prompts train the SAE; test prompts are held out.
+    assert [corpus.sequences[i].part for i in chats] == ["train"] * 3 + ["heldout"] * 3
+    assert corpus.rows("heldout", "text") and corpus.rows("train", "text")
+    special = special_token_ids(tiny.tokenizer)
+    assert not corpus.mask[:, 0].any()
+    assert not torch.isin(corpus.input_ids[corpus.mask], torch.tensor(sorted(special))).any()
+    first = corpus.sequences[chats[0]]
+    prompt = str(tiny.tokenizer.decode(corpus.input_ids[chats[0], : first.n_prompt].tolist()))
+    assert prompt.rstrip().endswith("assistant") and "ghost gun" in prompt
+    assert corpus.manifest["counted_tokens"] == corpus.n_tokens()
+
+
+def test_corpus_errors_name_the_problem(
+    corpus_path: Path, tmp_path: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    with pytest.raises(CorpusError, match=r"missing corpus.json"):
+        load_corpus(tmp_path)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("corpus.json", "sequences.json"):
+        (broken / name).write_text((corpus_path / name).read_text())
+    (broken / "tokens.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CorpusError, match="unreadable"):
+        load_corpus(broken)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    for name in ("tokens.safetensors", "sequences.json"):
+        (foreign / name).write_bytes((corpus_path / name).read_bytes())
+    manifest = json.loads((corpus_path / "corpus.json").read_text())
+    (foreign / "corpus.json").write_text(json.dumps({**manifest, "tokenizer": "0" * 16}))
+    assert load_corpus(foreign).manifest["tokenizer"] == "0" * 16
+    with pytest.raises(CorpusError, match="another tokenizer"):
+        load_corpus(foreign, tokenizer)
+
+
+def test_activations_equal_a_direct_forward(corpus_path: Path, tiny: LoadedModel, tmp_path: Path) -> None:
+    corpus = load_corpus(corpus_path)
+    manifest = collect(tiny, corpus, HOOKS, tmp_path, "heldout", batch_size=3, shard_tokens=50)
+    assert manifest["tokens"] == corpus.n_tokens(corpus.rows("heldout"))
+    assert len(list((tmp_path / "heldout" / HOOKS[0]).glob("*.safetensors"))) > 1
+    for hook in HOOKS:
+        stored = load_activations(tmp_path, hook, "heldout")
+        assert len(stored) == manifest["tokens"]
+        for k in (0, len(stored) // 2, len(stored) - 1):
+            row, pos = int(stored.row[k]), int(stored.pos[k])
+            length = corpus.sequences[row].length
+            ids = corpus.input_ids[row : row + 1, :length].long()
+            direct = run_to(tiny.model, ids, [hook])[hook][0, pos]
+            torch.testing.assert_close(stored.acts[k].float(), direct.half().float())
+            assert corpus.mask[row, pos]
+
+
+def test_activation_errors(corpus_path: Path, tiny: LoadedModel, tmp_path: Path) -> None:
+    with pytest.raises(ActivationError, match=r"missing activations.json"):
+        load_activations(tmp_path, HOOKS[0], "train")
+    corpus = load_corpus(corpus_path)
+    collect(tiny, corpus, HOOKS[:1], tmp_path, "train")
+    with pytest.raises(ActivationError, match=r"no activations for blocks.2.hook_resid_post"):
+        load_activations(tmp_path, HOOKS[1], "train")
+    shard = next((tmp_path / "train" / HOOKS[0]).glob("*.safetensors"))
+    shard.write_bytes(b"\x00" * 10)
+    with pytest.raises(ActivationError, match=r"0000.safetensors is corrupt"):
+        load_activations(tmp_path, HOOKS[0], "train")
+
+
+def test_shuffled_batches_visit_every_row_once_per_epoch() -> None:
+    acts = torch.arange(12, dtype=torch.float16)[:, None]
+    stream = shuffled_batches(acts, 4, seed=3)
+    epoch = torch.cat([next(stream) for _ in range(3)])
+    assert sorted(epoch[:, 0].tolist()) == list(range(12))
+    assert epoch.dtype == torch.float32
+    with pytest.raises(ActivationError, match="fewer than one batch"):
+        next(shuffled_batches(acts, 13))
