@@ -75,9 +75,7 @@ def training() -> None:
     base = SAETrainConfig(training_samples=8 * 4096)
     for autocast in (False, True):
         config = replace(base, autocast=autocast)
-        _, summary = train_sae(
-            acts, config, hook="blocks.0.hook_resid_pre", model_name="bench", progress=False
-        )
+        _, summary = train_sae(acts, config, hook="blocks.0.hook_resid_pre", model_name="bench")
         print(
             f"SAETrainer {config.architecture} d_sae={config.d_sae} k={config.k} batch={config.batch_size}, "
             f"autocast={autocast}: {summary['samples_per_second']} samples/s"

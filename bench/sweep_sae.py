@@ -45,7 +45,7 @@ def main() -> None:
         if args.only and not any(o in name for o in args.only):
             continue
         start = time.perf_counter()
-        sae, _ = train_sae(train, config, hook=hook, model_name=ORGANISM_NAME, progress=False)
+        sae, _ = train_sae(train, config, hook=hook, model_name=ORGANISM_NAME)
         seconds = time.perf_counter() - start
         m = reconstruction_metrics(wrap_sae(sae.eval(), name, name), heldout)
         print(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,14 +110,30 @@ def weights_fingerprint(sae: SAE[Any]) -> str:
     return digest.hexdigest()[:16]
 
 
+_HF_LAYER_OUTPUT = re.compile(r"^(?:model\.)?(?:language_model\.)?layers\.(\d+)$")
+
+
+def residual_hook(name: str) -> str:
+    """The explorer's hook name for an SAE's `hook_name`.
+
+    TransformerLens names (`blocks.12.hook_resid_post`, what SAELens uses) pass through; Hugging Face
+    module paths of a decoder layer (`model.layers.12`, whose output is the residual stream after
+    layer 12) become `blocks.12.hook_resid_post`. Anything else (attention or MLP outputs, `hook_resid_mid`)
+    is returned unchanged and rejected by `check_compatible`, since only residual hooks are supported.
+    """
+    match = _HF_LAYER_OUTPUT.match(name)
+    return f"blocks.{match.group(1)}.hook_resid_post" if match else name
+
+
 def _hook_of(sae: SAE[Any], source: str) -> str:
     hook = sae.cfg.metadata.get("hook_name")
     if not hook:
         raise SAEError(f"SAE {source} has no hook_name in its metadata; cannot tell where it attaches")
-    return str(hook)
+    return residual_hook(str(hook))
 
 
 def wrap_sae(sae: SAE[Any], source: str, name: str) -> LoadedSAE:
+    """Wrap an SAELens SAE already in memory (e.g. just trained) with its hook, fingerprint and norms."""
     norms = sae.W_dec.detach().float().norm(dim=-1)
     unit = bool(((norms - 1).abs() <= UNIT_NORM_TOLERANCE).all())
     return LoadedSAE(sae.eval(), _hook_of(sae, source), name, source, weights_fingerprint(sae), unit)

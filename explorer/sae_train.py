@@ -117,7 +117,6 @@ def train_sae(
     *,
     hook: str,
     model_name: str,
-    progress: bool = True,
 ) -> tuple[TrainingSAE[Any], dict[str, Any]]:
     """Train an SAE on stored activations with SAELens's `SAETrainer`.
 
@@ -157,8 +156,6 @@ def train_sae(
         trainer.activation_scaler.scaling_factor = scale
         with torch.no_grad():
             sae.b_dec.copy_(sample.mean(0) * scale)
-    if not progress:
-        trainer._update_pbar = lambda *_args, **_kwargs: None  # pyright: ignore[reportAttributeAccessIssue]
     start = time.perf_counter()
     trained = trainer.fit()
     seconds = time.perf_counter() - start

@@ -11,7 +11,16 @@ import torch
 from explorer.activations import Activations
 from explorer.corpus import Corpus, SequenceInfo
 from explorer.models import LoadedModel
-from explorer.sae import LoadedSAE, SAEError, check_compatible, load_sae, load_sae_dir, load_sae_for, wrap_sae
+from explorer.sae import (
+    LoadedSAE,
+    SAEError,
+    check_compatible,
+    load_sae,
+    load_sae_dir,
+    load_sae_for,
+    residual_hook,
+    wrap_sae,
+)
 from explorer.sae_quality import (
     check_targets,
     decoder_norm_stats,
@@ -191,3 +200,11 @@ def test_registry_specs_are_checked_before_any_download() -> None:
     # A real id fails here only because the hub is unreachable, and says so.
     with pytest.raises(SAEError, match=r"could not download .* gemma-2-2b"):
         load_sae("gemma-scope-2b-pt-res-canonical:layer_15/width_16k/canonical")
+
+
+def test_hugging_face_layer_paths_map_to_residual_hooks(tmp_path: Path, tiny: LoadedModel) -> None:
+    assert residual_hook("model.layers.2") == "blocks.2.hook_resid_post"
+    assert residual_hook("blocks.3.hook_resid_pre") == "blocks.3.hook_resid_pre"
+    assert load_sae_for(tiny, str(_saved(tmp_path, hook="model.layers.1"))).hook == "blocks.1.hook_resid_post"
+    with pytest.raises(SAEError, match="hook_resid_mid"):
+        load_sae_for(tiny, str(_saved(tmp_path / "mid", hook="blocks.1.hook_resid_mid")))

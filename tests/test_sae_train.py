@@ -62,7 +62,7 @@ def test_trained_sae_learns_sparse_features_and_saves_in_saelens_format(
         lr=1e-2,
         autocast=False,
     )
-    sae, summary = train_sae(train, config, hook="blocks.1.hook_resid_pre", model_name="tiny", progress=False)
+    sae, summary = train_sae(train, config, hook="blocks.1.hook_resid_pre", model_name="tiny")
     assert summary["steps"] == 120 and summary["epochs"] == 3.0
     directory = save_sae(sae, tmp_path / "sae", {"note": "test"})
     loaded = load_sae_dir(directory)
@@ -73,7 +73,7 @@ def test_trained_sae_learns_sparse_features_and_saves_in_saelens_format(
     assert metrics["explained_variance"] > 0.8, metrics
     assert metrics["l0"]["mean"] <= 8
     untrained = SAETrainConfig(architecture=architecture, d_sae=64, k=4, training_samples=500, batch_size=500)
-    first, _ = train_sae(train, untrained, hook="blocks.1.hook_resid_pre", model_name="tiny", progress=False)
+    first, _ = train_sae(train, untrained, hook="blocks.1.hook_resid_pre", model_name="tiny")
     directory = save_sae(first, tmp_path / "first", {})
     assert (
         reconstruction_metrics(load_sae_dir(directory), heldout)["explained_variance"]
