@@ -139,3 +139,37 @@ def test_stage_hooks_clip_to_the_model() -> None:
         "blocks.28.hook_resid_pre",
         "blocks.29.hook_resid_pre",
     ]
+
+
+@pytest.mark.integration
+def test_sae_on_the_offline_default_end_to_end(tmp_path: Path) -> None:
+    """Real SmolLM2: corpus rows through the early-stopping forward, an SAE trained on them with SAELens,
+    saved, reloaded and checked against the model."""
+    from explorer.activations import collect, load_activations
+    from explorer.corpus import Corpus, SequenceInfo, assemble
+    from explorer.models import load_model, special_token_ids
+    from explorer.sae import SAEError, load_sae_for
+
+    loaded = load_model("default-base")
+    texts = [
+        f"Paragraph {i}: the lighthouse keeper wrote about storms, ships and the sea." for i in range(24)
+    ]
+    rows = [list(loaded.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]  # pyright: ignore[reportArgumentType]
+    infos = [SequenceInfo(f"t{i}", "text", "train", None, 0, len(r)) for i, r in enumerate(rows)]
+    ids, mask = assemble(rows, infos, 32, 0, special_token_ids(loaded.tokenizer))
+    corpus = Corpus(ids, mask, infos, {})
+    hook = "blocks.23.hook_resid_pre"
+    manifest = collect(loaded, corpus, [hook], tmp_path / "acts", "train")
+    acts = load_activations(tmp_path / "acts", hook, "train").acts
+    assert len(acts) == manifest["tokens"] == corpus.n_tokens()
+    # Position 0 (norm ~100x the rest) never reaches the SAE.
+    assert acts.float().norm(dim=-1).max() < 20 * acts.float().norm(dim=-1).median()
+    config = SAETrainConfig(d_sae=256, k=8, training_samples=2048, batch_size=128)
+    sae, _ = train_sae(acts, config, hook=hook, model_name=loaded.name)
+    directory = save_sae(sae, tmp_path / "sae", {})
+    assert load_sae_for(loaded, str(directory)).d_in == 576
+    narrow = save_sae(
+        train_sae(acts[:, :64].contiguous(), config, hook=hook, model_name="x")[0], tmp_path / "n", {}
+    )
+    with pytest.raises(SAEError, match="d_in 64 but model"):
+        load_sae_for(loaded, str(narrow))
