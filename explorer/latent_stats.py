@@ -1,0 +1,269 @@
+"""Per-latent statistics accumulated in one streaming pass, in memory bounded by the number of latents.
+
+Every part is exact and mergeable, so shards of a corpus can be built independently and combined:
+
+- top-k activations per latent with their token ids (ties broken by the smaller token id);
+- count of active tokens, sum and sum of squares of active values, max;
+- a histogram of non-zero activations on a fixed log-spaced grid shared by every latent and shard;
+- interval samples: for every latent and every sample bin (a coarser fixed log grid), the `m` active
+  tokens with the smallest seeded hash of (latent, token). The smallest-m by a hash is a uniform
+  sample that is reproducible and merges exactly (the smallest m of a union are among the smallest m
+  of its parts), which is what lets interval examples be drawn without knowing a latent's max in advance.
+
+Tokens are identified by a global id (row * seq_len + position) so shards never collide.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+GRID_LOW = 1e-3
+"""Activations below this land in the first histogram bin (SAE activations are in residual units)."""
+GRID_HIGH = 1e4
+BINS_PER_DECADE = 40
+SAMPLE_BINS_PER_DECADE = 20
+_MASK63 = (1 << 63) - 1
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The fixed log-spaced bin edges every accumulator shares.
+
+    Bin i of the histogram covers [edges[i], edges[i+1]); values below GRID_LOW go to bin 0 and values
+    at or above GRID_HIGH to the last bin. Sample bins group `BINS_PER_DECADE // SAMPLE_BINS_PER_DECADE`
+    histogram bins.
+    """
+
+    low: float = GRID_LOW
+    high: float = GRID_HIGH
+    bins_per_decade: int = BINS_PER_DECADE
+    sample_bins_per_decade: int = SAMPLE_BINS_PER_DECADE
+
+    def __post_init__(self) -> None:
+        if self.bins_per_decade % self.sample_bins_per_decade:
+            raise ValueError("bins_per_decade must be a multiple of sample_bins_per_decade")
+
+    @property
+    def n_bins(self) -> int:
+        return round(math.log10(self.high / self.low) * self.bins_per_decade)
+
+    @property
+    def n_sample_bins(self) -> int:
+        return self.n_bins // (self.bins_per_decade // self.sample_bins_per_decade)
+
+    def edges(self) -> torch.Tensor:
+        """[n_bins + 1] histogram bin edges."""
+        return torch.logspace(
+            math.log10(self.low), math.log10(self.high), self.n_bins + 1, dtype=torch.float64
+        )
+
+    def bin_of(self, values: torch.Tensor) -> torch.Tensor:
+        """Histogram bin of each positive value."""
+        scaled = (torch.log10(values.double() / self.low) * self.bins_per_decade).floor().long()
+        return scaled.clamp(0, self.n_bins - 1)
+
+    def sample_bin_of(self, bins: torch.Tensor) -> torch.Tensor:
+        return bins // (self.bins_per_decade // self.sample_bins_per_decade)
+
+
+def token_hash(latents: torch.Tensor, tokens: torch.Tensor, seed: int) -> torch.Tensor:
+    """A seeded hash of (latent, token) pairs, uniform in [0, 1) as float64 (splitmix64 finaliser)."""
+    x = (tokens.long() * 0x9E3779B1 + latents.long() * 0x85EBCA77 + seed * 0xC2B2AE3D) & _MASK63
+    x = ((x ^ (x >> 30)) * 0x5851F42D4C957F2D) & _MASK63
+    x = ((x ^ (x >> 27)) * 0x2545F4914F6CDD1D) & _MASK63
+    x = x ^ (x >> 31)
+    return (x >> 10).double() / float(1 << 53)
+
+
+def _rank_within_groups(groups: torch.Tensor) -> torch.Tensor:
+    """For a tensor sorted by group, each element's rank within its group (0 for the first)."""
+    n = groups.numel()
+    if n == 0:
+        return groups
+    starts = torch.ones(n, dtype=torch.bool, device=groups.device)
+    starts[1:] = groups[1:] != groups[:-1]
+    index = torch.arange(n, device=groups.device)
+    first = torch.cummax(torch.where(starts, index, torch.zeros_like(index)), dim=0).values
+    return index - first
+
+
+class LatentAccumulator:
+    """Streaming per-latent statistics for one SAE.
+
+    Args:
+        d_sae: number of latents.
+        k: top examples kept per latent.
+        samples_per_bin: interval-sample candidates kept per latent and sample bin.
+        seed: seeds the sampling hash.
+        grid: the shared bin grid.
+    """
+
+    def __init__(
+        self, d_sae: int, k: int = 20, samples_per_bin: int = 8, seed: int = 0, grid: Grid | None = None
+    ):
+        self.d_sae, self.k, self.m, self.seed = d_sae, k, samples_per_bin, seed
+        self.grid = grid or Grid()
+        self.n_tokens = 0
+        self.top_values = torch.full((d_sae, k), -math.inf)
+        self.top_tokens = torch.full((d_sae, k), -1, dtype=torch.long)
+        self.count = torch.zeros(d_sae, dtype=torch.long)
+        self.sum = torch.zeros(d_sae, dtype=torch.float64)
+        self.sum_sq = torch.zeros(d_sae, dtype=torch.float64)
+        self.max = torch.zeros(d_sae)
+        self.hist = torch.zeros(d_sae, self.grid.n_bins, dtype=torch.long)
+        slots = d_sae * self.grid.n_sample_bins
+        self.sample_keys = torch.full((slots, self.m), math.inf, dtype=torch.float64)
+        self.sample_values = torch.zeros(slots, self.m)
+        self.sample_tokens = torch.full((slots, self.m), -1, dtype=torch.long)
+
+    # [n_tokens, d_sae] activations of one batch, and the global id of each token.
+    def update(self, acts: torch.Tensor, tokens: torch.Tensor) -> None:
+        """Add a batch of latent activations (dense [n, d_sae]; zeros are inactive)."""
+        if acts.shape[1] != self.d_sae:
+            raise ValueError(f"activations have {acts.shape[1]} latents, accumulator has {self.d_sae}")
+        self.n_tokens += acts.shape[0]
+        where = (acts > 0).nonzero()
+        values = acts[where[:, 0], where[:, 1]].float().cpu()
+        self.update_sparse(where[:, 1].cpu(), tokens.cpu()[where[:, 0].cpu()], values, n_tokens=0)
+
+    def update_sparse(
+        self, latents: torch.Tensor, tokens: torch.Tensor, values: torch.Tensor, n_tokens: int
+    ) -> None:
+        """Add active entries given as parallel (latent, token, value) lists; `n_tokens` counts the tokens
+        (active or not) the entries came from."""
+        self.n_tokens += n_tokens
+        if latents.numel() == 0:
+            return
+        latents, tokens, values = latents.long(), tokens.long(), values.float()
+        self.count += torch.bincount(latents, minlength=self.d_sae)
+        self.sum.index_add_(0, latents, values.double())
+        self.sum_sq.index_add_(0, latents, values.double() ** 2)
+        self.max = torch.maximum(self.max, torch.zeros(self.d_sae).scatter_reduce(0, latents, values, "amax"))
+        bins = self.grid.bin_of(values)
+        self.hist.view(-1).index_add_(0, latents * self.grid.n_bins + bins, torch.ones_like(latents))
+        self._update_top(latents, tokens, values)
+        groups = latents * self.grid.n_sample_bins + self.grid.sample_bin_of(bins)
+        self._update_samples(groups, tokens, values, token_hash(latents, tokens, self.seed))
+
+    def _update_top(self, latents: torch.Tensor, tokens: torch.Tensor, values: torch.Tensor) -> None:
+        # Sort by (latent, value desc, token asc); keep the first k of each latent; merge with the running k.
+        order = torch.argsort(tokens, stable=True)
+        order = order[torch.argsort(-values[order], stable=True)]
+        order = order[torch.argsort(latents[order], stable=True)]
+        lat, tok, val = latents[order], tokens[order], values[order]
+        rank = _rank_within_groups(lat)
+        keep = rank < self.k
+        new_values = torch.full((self.d_sae, self.k), -math.inf)
+        new_tokens = torch.full((self.d_sae, self.k), -1, dtype=torch.long)
+        new_values[lat[keep], rank[keep]] = val[keep]
+        new_tokens[lat[keep], rank[keep]] = tok[keep]
+        self.top_values, self.top_tokens = _merge_top(
+            self.top_values, self.top_tokens, new_values, new_tokens, self.k
+        )
+
+    def _update_samples(
+        self, groups: torch.Tensor, tokens: torch.Tensor, values: torch.Tensor, keys: torch.Tensor
+    ) -> None:
+        order = torch.argsort(keys, stable=True)
+        order = order[torch.argsort(groups[order], stable=True)]
+        grp, key, tok, val = groups[order], keys[order], tokens[order], values[order]
+        rank = _rank_within_groups(grp)
+        keep = rank < self.m
+        grp, key, tok, val, rank = grp[keep], key[keep], tok[keep], val[keep], rank[keep]
+        # Only the (latent, bin) slots this batch touched are merged: a batch touches a few percent of them.
+        slots, row = torch.unique(grp, return_inverse=True)
+        new_keys = torch.full((len(slots), self.m), math.inf, dtype=torch.float64)
+        new_values = torch.zeros(len(slots), self.m)
+        new_tokens = torch.full((len(slots), self.m), -1, dtype=torch.long)
+        new_keys[row, rank], new_values[row, rank], new_tokens[row, rank] = key, val, tok
+        self._merge_samples(new_keys, new_values, new_tokens, slots)
+
+    def _merge_samples(
+        self,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        tokens: torch.Tensor,
+        slots: torch.Tensor | None = None,
+    ) -> None:
+        """Keep, per slot, the m entries with the smallest keys among the current ones and the given ones."""
+        index = slice(None) if slots is None else slots
+        all_keys = torch.cat([self.sample_keys[index], keys], dim=1)
+        smallest = torch.topk(all_keys, self.m, dim=1, largest=False, sorted=True)
+        self.sample_keys[index] = smallest.values
+        self.sample_values[index] = torch.cat([self.sample_values[index], values], dim=1).gather(
+            1, smallest.indices
+        )
+        self.sample_tokens[index] = torch.cat([self.sample_tokens[index], tokens], dim=1).gather(
+            1, smallest.indices
+        )
+
+    def merge(self, other: LatentAccumulator) -> None:
+        """Fold another accumulator (another shard of the corpus) into this one, exactly."""
+        same = (other.d_sae, other.k, other.m, other.seed, other.grid) == (
+            self.d_sae,
+            self.k,
+            self.m,
+            self.seed,
+            self.grid,
+        )
+        if not same:
+            raise ValueError("accumulators differ in d_sae, k, samples per bin, seed or grid; cannot merge")
+        self.n_tokens += other.n_tokens
+        self.count += other.count
+        self.sum += other.sum
+        self.sum_sq += other.sum_sq
+        self.max = torch.maximum(self.max, other.max)
+        self.hist += other.hist
+        self.top_values, self.top_tokens = _merge_top(
+            self.top_values, self.top_tokens, other.top_values, other.top_tokens, self.k
+        )
+        self._merge_samples(other.sample_keys, other.sample_values, other.sample_tokens)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """Every tensor of the accumulator, for saving a shard (safetensors)."""
+        return {
+            "n_tokens": torch.tensor([self.n_tokens]),
+            "top_values": self.top_values,
+            "top_tokens": self.top_tokens,
+            "count": self.count,
+            "sum": self.sum,
+            "sum_sq": self.sum_sq,
+            "max": self.max,
+            "hist": self.hist,
+            "sample_keys": self.sample_keys,
+            "sample_values": self.sample_values,
+            "sample_tokens": self.sample_tokens,
+        }
+
+    @classmethod
+    def from_state(
+        cls, state: dict[str, torch.Tensor], seed: int, grid: Grid | None = None
+    ) -> LatentAccumulator:
+        d_sae, k = state["top_values"].shape
+        acc = cls(d_sae, k, state["sample_keys"].shape[1], seed, grid)
+        if state["hist"].shape[1] != acc.grid.n_bins:
+            raise ValueError(f"histogram has {state['hist'].shape[1]} bins, the grid {acc.grid.n_bins}")
+        acc.n_tokens = int(state["n_tokens"][0])
+        for name in ("top_values", "top_tokens", "count", "sum", "sum_sq", "max", "hist"):
+            setattr(acc, name, state[name].clone())
+        acc.sample_keys = state["sample_keys"].clone()
+        acc.sample_values = state["sample_values"].clone()
+        acc.sample_tokens = state["sample_tokens"].clone()
+        return acc
+
+
+def _merge_top(
+    values_a: torch.Tensor, tokens_a: torch.Tensor, values_b: torch.Tensor, tokens_b: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k largest of two [d_sae, k] top lists; equal values are ordered by the smaller token id."""
+    values = torch.cat([values_a, values_b], dim=1)
+    tokens = torch.cat([tokens_a, tokens_b], dim=1)
+    # Order by token first (missing entries, id -1, last), then stably by value: ties keep token order.
+    token_key = torch.where(tokens < 0, torch.full_like(tokens, torch.iinfo(torch.long).max), tokens)
+    order = torch.argsort(token_key, dim=1, stable=True)
+    values, tokens = values.gather(1, order), tokens.gather(1, order)
+    order = torch.argsort(-values, dim=1, stable=True)[:, :k]
+    return values.gather(1, order), tokens.gather(1, order)

@@ -1,0 +1,147 @@
+"""The latent cache equals brute force on a tiny corpus, and its reader refuses bad caches clearly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from explorer.activations import collect, load_activations
+from explorer.cache_reader import CacheError, LatentCache
+from explorer.corpus import Corpus, CorpusConfig, build_corpus
+from explorer.data import builtin_prompts
+from explorer.latent_cache import CacheConfig, build_latent_cache, cache_rows
+from explorer.models import LoadedModel
+from explorer.refusal_build import RefusalDirection
+from explorer.sae import LoadedSAE, wrap_sae
+from tests.helpers import tiny_sae
+
+HOOK = "blocks.2.hook_resid_pre"
+CONFIG = CacheConfig(k=4, samples_per_bin=6, n_intervals=8, examples_per_interval=5, batch_tokens=97)
+
+
+@pytest.fixture(scope="module")
+def built(
+    tmp_path_factory: pytest.TempPathFactory, tiny: LoadedModel
+) -> tuple[Corpus, Path, LoadedSAE, Path]:
+    root = tmp_path_factory.mktemp("latent-cache")
+    prompts = builtin_prompts("harmful", "test")[:4] + builtin_prompts("harmless", "train")[:4]
+    corpus = build_corpus(
+        tiny,
+        CorpusConfig(seq_len=64, response_tokens=6, text_tokens=3000, batch_size=8),
+        prompts,
+        root / "corpus",
+    )
+    for part in ("train", "heldout"):
+        collect(tiny, corpus, [HOOK], root / "acts", part)  # pyright: ignore[reportArgumentType]
+    sae = wrap_sae(tiny_sae("topk", d_in=64, d_sae=32, hook=HOOK), "tiny", "tiny")
+    torch.manual_seed(0)
+    refusal = RefusalDirection(torch.randn(64), HOOK, 2, -1, torch.randn(5, 6, 64), {})
+    build_latent_cache(tiny, sae, corpus, root / "acts", refusal, config=CONFIG, directory=root / "cache")
+    return corpus, root / "acts", sae, root / "cache"
+
+
+def brute_force(
+    corpus: Corpus, acts_dir: Path, sae: LoadedSAE
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    keep = cache_rows(corpus)
+    parts = [load_activations(acts_dir, HOOK, p) for p in ("train", "heldout")]  # pyright: ignore[reportArgumentType]
+    acts, rows, pos = (torch.cat([getattr(p, f) for p in parts]) for f in ("acts", "row", "pos"))
+    sel = keep[rows.long()]
+    with torch.no_grad():
+        f = sae.sae.encode(acts[sel].float())
+    return f, rows[sel].long(), pos[sel].long()
+
+
+def test_top_examples_and_statistics_equal_brute_force(built: tuple[Corpus, Path, LoadedSAE, Path]) -> None:
+    corpus, acts_dir, sae, directory = built
+    f, rows, pos = brute_force(corpus, acts_dir, sae)
+    cache = LatentCache(directory, sae_fingerprint=sae.fingerprint)
+    assert cache.manifest["n_tokens"] == len(f)
+    table = cache.table()
+    tokens = rows * corpus.input_ids.shape[1] + pos
+    for latent in range(sae.d_sae):
+        column = f[:, latent]
+        active = column > 0
+        record = cache.latent(latent)
+        expected = sorted(zip((-column[active]).tolist(), tokens[active].tolist(), strict=True))[: CONFIG.k]
+        got = [(-e.value, e.row * corpus.input_ids.shape[1] + e.pos) for e in record.top_examples]
+        assert got == expected, latent
+        assert record.density == pytest.approx(float(active.double().mean()))
+        assert table["density"][latent] == pytest.approx(record.density)
+        if active.any():
+            assert record.max == pytest.approx(float(column.max()))
+            assert record.mean_active == pytest.approx(float(column[active].mean()), rel=1e-5)
+            assert sum(record.histogram[1]) == int(active.sum())
+            assert record.top_examples[0].value == pytest.approx(record.max)
+
+
+def test_examples_show_their_token_in_context(
+    built: tuple[Corpus, Path, LoadedSAE, Path], tiny: LoadedModel
+) -> None:
+    corpus, _, _, directory = built
+    record = LatentCache(directory).latent(0, window=3)
+    example = record.top_examples[0]
+    token = int(corpus.input_ids[example.row, example.pos])
+    assert example.context[example.focus] == str(tiny.tokenizer.decode([token])).replace("\n", "↵")
+    assert len(example.context) <= 7
+    assert corpus.mask[example.row, example.pos]  # never position 0 or a special token
+
+
+def test_interval_examples_lie_in_their_interval(built: tuple[Corpus, Path, LoadedSAE, Path]) -> None:
+    *_, directory = built
+    cache = LatentCache(directory)
+    filled = 0
+    for latent in range(cache.d_sae):
+        record = cache.latent(latent)
+        assert len(record.intervals) == CONFIG.n_intervals
+        for low, high, examples in record.intervals:
+            assert len(examples) <= CONFIG.examples_per_interval
+            assert len({(e.row, e.pos) for e in examples}) == len(examples)
+            for e in examples:
+                assert low - 1e-5 <= e.value <= high + 1e-5
+            filled += len(examples)
+    assert filled > 0
+
+
+def test_harmful_harmless_means_and_alignment(built: tuple[Corpus, Path, LoadedSAE, Path]) -> None:
+    corpus, acts_dir, sae, directory = built
+    f, rows, pos = brute_force(corpus, acts_dir, sae)
+    label = [corpus.sequences[r].label for r in rows.tolist()]
+    n_prompt = torch.tensor([corpus.sequences[r].n_prompt for r in rows.tolist()])
+    post = (pos < n_prompt) & (pos >= n_prompt - CONFIG.n_post_instruction)
+    harmful = post & torch.tensor([lab == "harmful" for lab in label])
+    record = LatentCache(directory).latent(5)
+    assert record.harmful_vs_harmless["post_instruction"][0] == pytest.approx(
+        float(f[harmful, 5].mean()), rel=1e-5
+    )
+    w = torch.nn.functional.normalize(sae.sae.W_dec.detach(), dim=-1)
+    assert record.refusal_cos_layers is not None and len(record.refusal_cos_layers) == 5
+    assert record.nearest[0][1] == pytest.approx(float((w @ w[5]).sort(descending=True).values[1]), abs=1e-5)
+    assert len(record.logits_top) == 10 and record.logits_top[0][1] >= record.logits_top[-1][1]
+
+
+def test_reader_errors_name_the_problem(built: tuple[Corpus, Path, LoadedSAE, Path], tmp_path: Path) -> None:
+    *_, directory = built
+    cache = LatentCache(directory)
+    with pytest.raises(CacheError, match=r"latent 32 is out of range: this SAE has latents 0\.\.31"):
+        cache.latent(32)
+    with pytest.raises(CacheError, match="missing"):
+        LatentCache(tmp_path)
+    with pytest.raises(CacheError, match="was built from sae_fingerprint"):
+        LatentCache(directory, sae_fingerprint="0" * 16)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for path in directory.iterdir():
+        (copy / path.name).write_bytes(path.read_bytes())
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "schema_version": 99}))
+    with pytest.raises(CacheError, match="newer than this explorer"):
+        LatentCache(copy)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    data = (copy / "latents.safetensors").read_bytes()
+    (copy / "latents.safetensors").write_bytes(data[: len(data) // 3])
+    with pytest.raises(CacheError, match="corrupt or truncated"):
+        LatentCache(copy).latent(0)
