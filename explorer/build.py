@@ -71,6 +71,12 @@ def default_stages() -> list[Stage]:
             _saes_complete,
             _run_saes,
         ),
+        Stage(
+            "cache",
+            "every latent's examples, statistics and refusal alignment, from the stored activations",
+            _cache_complete,
+            _run_cache,
+        ),
     ]
 
 
@@ -98,6 +104,19 @@ def _run_saes(force: bool) -> None:
     from explorer.sae_build import build_saes
 
     build_saes(ORGANISM_NAME, force=force)
+
+
+def _cache_complete() -> bool:
+    from explorer.cache_build import is_complete
+
+    return is_complete(ORGANISM_NAME)
+
+
+def _run_cache(force: bool) -> None:
+    del force  # always rebuilt when the stage runs
+    from explorer.cache_build import build_caches
+
+    build_caches(ORGANISM_NAME)
 
 
 def build_default(only: list[str] | None = None, *, force: bool = False) -> dict[str, Any]:

@@ -265,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     from explorer.cli_sae import add_sae_parser
 
     add_sae_parser(sub)
+    from explorer.cli_cache import add_cache_parser
+
+    add_cache_parser(sub)
     return parser
 
 
@@ -274,6 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    from explorer.cache_reader import CacheError
     from explorer.data import DataError
     from explorer.hooks import HookError
     from explorer.models import ModelError
@@ -281,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return int(args.func(args))
-    except (ModelError, DataError, HookError, SAEError, ValueError) as e:
+    except (ModelError, DataError, HookError, SAEError, CacheError, ValueError) as e:
         sys.stderr.write(f"explorer {args.command}: error: {e}\n")
         return 2
 

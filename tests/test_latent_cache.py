@@ -145,3 +145,41 @@ def test_reader_errors_name_the_problem(built: tuple[Corpus, Path, LoadedSAE, Pa
     (copy / "latents.safetensors").write_bytes(data[: len(data) // 3])
     with pytest.raises(CacheError, match="corrupt or truncated"):
         LatentCache(copy).latent(0)
+
+
+def test_cache_stage_and_cli_on_a_tiny_model(
+    tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from explorer.cache_build import build_caches, is_complete
+    from explorer.cli import main
+    from explorer.paths import CACHE_ENV
+    from explorer.sae_build import SAEStageConfig, build_saes, sae_dir
+    from explorer.sae_train import SAETrainConfig
+    from tests.test_sae_train import _fake_refusal
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    _fake_refusal(tmp_path, tiny_dir.name, n_layers=4, d_model=64, layer=2)
+    small = SAETrainConfig(d_sae=64, k=4, training_samples=2000, batch_size=500, autocast=False)
+    corpus = CorpusConfig(seq_len=64, response_tokens=4, text_tokens=2000, prompts_per_label=6, batch_size=6)
+    build_saes(
+        str(tiny_dir), SAEStageConfig(main=small, side=small, corpus=corpus, fast_dtype=None, loss_rows=4)
+    )
+    assert not is_complete(tiny_dir.name)
+    index = build_caches(str(tiny_dir))
+    assert set(index["caches"]) == set(index["hooks"])
+    assert is_complete(tiny_dir.name)
+    assert main(["cache", "top", "--model", tiny_dir.name, "--by", "density", "-n", "3"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("latent\tdensity") and len(lines) == 4
+    assert main(["cache", "show", "0", "--model", tiny_dir.name, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["latent"] == 0
+    assert main(["cache", "show", "64", "--model", tiny_dir.name]) == 2
+    assert "out of range" in capsys.readouterr().err
+    # Retraining an SAE (new weights) makes its cache stale.
+    weights = sae_dir(tiny_dir.name, index["main"]) / "sae_weights.safetensors"
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(weights))
+    state["b_enc"] = state["b_enc"] + 1
+    save_file(state, str(weights))
+    assert not is_complete(tiny_dir.name)
