@@ -15,10 +15,25 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from explorer.latent_cache import ARRAYS_FILE, MANIFEST_FILE, SCHEMA_VERSION, TOKENS_FILE, VOCAB_FILE
+from explorer.latent_cache import (
+    ARRAYS_FILE,
+    MANIFEST_FILE,
+    QUANTILES,
+    SCHEMA_VERSION,
+    TOKENS_FILE,
+    VOCAB_FILE,
+)
 from explorer.latent_stats import Grid
 
-TABLE_COLUMNS = ("density", "max", "mean_active", "refusal_cos", "post_mean", "prompt_mean")
+TABLE_COLUMNS = (
+    "density",
+    "max",
+    "mean_active",
+    "refusal_cos",
+    "post_mean",
+    "prompt_mean",
+    "attribution",
+)
 
 
 class CacheError(ValueError):
@@ -46,6 +61,8 @@ class LatentRecord:
     """Everything the app shows about one latent (plain lists and floats; rendering takes this).
 
     Values are raw latent activations; `max` converts them to fractions of the latent's corpus max.
+    `quantiles` (p50, p90, p99 of non-zero activations) are read off the histogram, within half a bin.
+    `attribution` is (harmful, harmless) mean activation x gradient on the refusal score.
     """
 
     latent: int
@@ -62,6 +79,8 @@ class LatentRecord:
     refusal_cos: float | None
     refusal_cos_layers: list[float] | None
     harmful_vs_harmless: dict[str, tuple[float, float]]
+    quantiles: dict[str, float]
+    attribution: tuple[float, float] | None
 
 
 class LatentCache:
@@ -70,11 +89,17 @@ class LatentCache:
     Args:
         directory: the cache directory (`cache/latents/<model>/<hook>/`).
         sae_fingerprint: if given, the cache must have been built from an SAE with these weights.
+        model_fingerprint: if given, from a model with these weights (`explorer.models.model_fingerprint`).
         corpus_fingerprint: if given, from this corpus.
     """
 
     def __init__(
-        self, directory: Path, *, sae_fingerprint: str | None = None, corpus_fingerprint: str | None = None
+        self,
+        directory: Path,
+        *,
+        sae_fingerprint: str | None = None,
+        model_fingerprint: str | None = None,
+        corpus_fingerprint: str | None = None,
     ):
         self.directory = directory
         manifest_path = directory / MANIFEST_FILE
@@ -92,7 +117,17 @@ class LatentCache:
                 f"{manifest_path} has schema {schema}, newer than this explorer reads "
                 f"({SCHEMA_VERSION}); upgrade refusal-explorer"
             )
-        for name, want in (("sae_fingerprint", sae_fingerprint), ("corpus", corpus_fingerprint)):
+        if schema < SCHEMA_VERSION:
+            raise CacheError(
+                f"{manifest_path} has schema {schema}, older than this explorer's ({SCHEMA_VERSION}); "
+                "rebuild it with `explorer build` or `explorer cache build`"
+            )
+        wanted = (
+            ("sae_fingerprint", sae_fingerprint),
+            ("model_fingerprint", model_fingerprint),
+            ("corpus", corpus_fingerprint),
+        )
+        for name, want in wanted:
             have = self.manifest.get(name)
             if want is not None and have != want:
                 raise CacheError(
@@ -176,7 +211,16 @@ class LatentCache:
             refusal_cos=float(self._row("refusal_cos", latent)) if refusal else None,
             refusal_cos_layers=self._row("refusal_cos_layers", latent).tolist() if refusal else None,
             harmful_vs_harmless={"post_instruction": (post[0], post[1]), "prompt": (prompt[0], prompt[1])},
+            quantiles={
+                f"p{q * 100:g}": v
+                for q, v in zip(QUANTILES, self._row("quantiles", latent).tolist(), strict=True)
+            },
+            attribution=self._pair("attribution", latent) if "attribution" in self._keys else None,
         )
+
+    def _pair(self, name: str, latent: int) -> tuple[float, float]:
+        harmful, harmless = self._row(name, latent).tolist()
+        return harmful, harmless
 
     def _logits(self, name: str, latent: int) -> list[tuple[str, float]]:
         ids, values = self._row(f"{name}_ids", latent).tolist(), self._row(name, latent).tolist()

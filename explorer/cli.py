@@ -268,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     from explorer.cli_cache import add_cache_parser
 
     add_cache_parser(sub)
+    from explorer.cache_export import add_export_parser
+
+    add_export_parser(sub)
     return parser
 
 

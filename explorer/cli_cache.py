@@ -6,22 +6,63 @@ import argparse
 import json
 import sys
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 
-def _open(model: str, hook: str | None) -> Any:
+def _open(model: str, sae: str | None) -> Any:
     from explorer.cache_reader import LatentCache
     from explorer.latent_cache import latent_cache_dir
     from explorer.sae_build import read_index
 
-    return LatentCache(latent_cache_dir(model, hook or read_index(model)["main"]))
+    return LatentCache(latent_cache_dir(model, sae or read_index(model)["main"]))
+
+
+def _one_sae(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """The model, the SAE (checked against it) and the model's corpus (built if missing)."""
+    from explorer.cli import _model_config
+    from explorer.models import load_model
+    from explorer.sae import load_sae_for
+    from explorer.sae_build import SAEStageConfig, ensure_corpus
+
+    loaded = load_model(_model_config(args))
+    sae = load_sae_for(loaded, args.sae)
+    return loaded, sae, ensure_corpus(loaded, SAEStageConfig())
 
 
 def cmd_cache_build(args: argparse.Namespace) -> int:
-    from explorer.cache_build import build_caches
+    from explorer.cache_build import build_caches, build_sae_cache
+    from explorer.cache_shards import parse_shard
 
-    index = build_caches(args.model)
-    sys.stdout.write(json.dumps(index, indent=2) + "\n")
+    shard = parse_shard(args.shard) if args.shard else None
+    if args.sae is None:
+        if shard or args.out or args.source != "auto":
+            raise ValueError("--shard, --out and --source need --sae (the default stage builds every SAE)")
+        result = build_caches(args.model, attribution=args.attribution)
+    else:
+        loaded, sae, corpus = _one_sae(args)
+        result = build_sae_cache(
+            loaded,
+            sae,
+            corpus,
+            source=args.source,
+            shard=shard,
+            directory=Path(args.out) if args.out else None,
+            attribution=args.attribution,
+        )
+    sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def cmd_cache_merge(args: argparse.Namespace) -> int:
+    from explorer.cache_build import merge_sae_cache
+
+    loaded, sae, corpus = _one_sae(args)
+    directory = Path(args.out) if args.out else None
+    manifest = merge_sae_cache(
+        loaded, sae, corpus, args.shards, directory=directory, attribution=args.attribution
+    )
+    sys.stdout.write(json.dumps(manifest, indent=2) + "\n")
     return 0
 
 
@@ -62,15 +103,44 @@ def cmd_cache_show(args: argparse.Namespace) -> int:
 
 
 def add_cache_parser(sub: Any) -> None:
-    """Register `explorer cache {build,top,show}` on the top-level subparsers."""
+    """Register `explorer cache {build,merge,top,show}` on the top-level subparsers."""
+    from explorer.cli import _add_model_args
     from explorer.models import ORGANISM_NAME
+
+    def attribution(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--attribution",
+            default="grad",
+            choices=["grad", "ig", "none"],
+            help="attribution on the refusal score: activation x gradient, integrated gradients, or none",
+        )
 
     cache = sub.add_parser("cache", help="build latent caches; list and show latents from them")
     cache_sub = cache.add_subparsers(dest="cache_command", required=True, metavar="CACHE_COMMAND")
 
-    p = cache_sub.add_parser("build", help="build the latent cache of every trained SAE")
-    p.add_argument("--model", default=ORGANISM_NAME)
+    p = cache_sub.add_parser(
+        "build", help="build the latent cache of every trained SAE, or of one SAE (--sae), or one shard of it"
+    )
+    _add_model_args(p)
+    p.add_argument("--sae", help="one SAE: a directory, a built name (model/hook) or release:sae_id")
+    p.add_argument(
+        "--source",
+        default="auto",
+        choices=["auto", "stored", "model"],
+        help="stored activations of the SAE stage, or a forward pass to the hook (auto: stored if present)",
+    )
+    p.add_argument("--shard", metavar="I/N", help="build only corpus rows with row %% N == I; merge later")
+    p.add_argument("--out", help="cache directory (default cache/latents/<model>/<sae>/)")
+    attribution(p)
     p.set_defaults(func=cmd_cache_build)
+
+    p = cache_sub.add_parser("merge", help="merge the N shards of one SAE's cache into the finished cache")
+    _add_model_args(p)
+    p.add_argument("--sae", required=True, help="the SAE the shards were built with")
+    p.add_argument("--shards", type=int, required=True, metavar="N", help="number of shards (0..N-1)")
+    p.add_argument("--out", help="cache directory holding shards/ (default cache/latents/<model>/<sae>/)")
+    attribution(p)
+    p.set_defaults(func=cmd_cache_merge)
 
     p = cache_sub.add_parser(
         "top", help="latents sorted by a column (refusal_cos, post_diff, density, max, ...)"

@@ -17,19 +17,23 @@ from __future__ import annotations
 
 import json
 import logging
+import resource
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from explorer import __version__
 from explorer.corpus import Corpus
+from explorer.hooks import model_lock, run_to
 from explorer.latent_effects import direction_cosines, logit_effects, nearest_latents
 from explorer.latent_stats import LatentAccumulator
-from explorer.models import LoadedModel
+from explorer.models import LoadedModel, model_fingerprint
 from explorer.paths import atomic_directory, cache_dir, write_json_atomic
 from explorer.refusal_build import RefusalDirection
 from explorer.sae import LoadedSAE
@@ -37,7 +41,7 @@ from explorer.sae_quality import refusal_location_index
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 ARRAYS_FILE = "latents.safetensors"
 TOKENS_FILE = "tokens.safetensors"
 MANIFEST_FILE = "manifest.json"
@@ -87,8 +91,10 @@ def readable_vocab(tokenizer: Any) -> list[str]:
     return [str(tokenizer.decode([i])).replace("\n", "↵").replace("\t", "⇥") for i in range(len(tokenizer))]
 
 
-def latent_cache_dir(model_name: str, hook: str) -> Path:
-    return cache_dir() / "latents" / model_name / hook
+def latent_cache_dir(model_name: str, sae_name: str) -> Path:
+    """`cache/latents/<model>/<sae>/`; the default's SAEs are named by their hook, registry SAEs by
+    `release:sae_id` (path separators and colons become `__`)."""
+    return cache_dir() / "latents" / model_name / sae_name.replace("/", "__").replace(":", "__")
 
 
 def cache_rows(corpus: Corpus) -> torch.Tensor:
@@ -122,6 +128,15 @@ class LabelMeans:
         """[2 (prompt, post), 2 (harmful, harmless), d_sae] mean activation over tokens (zeros included)."""
         return (self.sums / self.counts.clamp_min(1)[..., None]).float()
 
+    def merge(self, other: LabelMeans) -> None:
+        """Fold in another shard's sums (exact: sums and counts add)."""
+        if other.sums.shape != self.sums.shape:
+            raise ValueError(
+                f"label means of shape {tuple(other.sums.shape)} cannot merge into {tuple(self.sums.shape)}"
+            )
+        self.sums += other.sums
+        self.counts += other.counts
+
 
 @torch.no_grad()
 def accumulate(
@@ -151,17 +166,47 @@ def accumulate(
 
 def stored_batches(
     activations: Path, hook: str, keep_rows: torch.Tensor, shard: tuple[int, int] = (0, 1)
-) -> Any:
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Yield (acts, row, pos) from the stored shards of `hook`, keeping rows in `keep_rows` (and, for a
     sharded build `shard=(i, n)`, only rows with row % n == i)."""
     index, n = shard
     for part in ("train", "heldout"):
         for path in sorted((activations / part / hook).glob("*.safetensors")):
-            data = load_file(str(path))
+            try:
+                data = load_file(str(path))
+            except (OSError, SafetensorError) as e:
+                raise ValueError(
+                    f"stored activations {path} are corrupt ({e}); rerun `explorer sae train`"
+                ) from e
             rows = data["row"].long()
             keep = keep_rows[rows] & (rows % n == index)
             if keep.any():
                 yield data["acts"][keep], rows[keep], data["pos"][keep].long()
+
+
+def model_batches(
+    loaded: LoadedModel,
+    corpus: Corpus,
+    hook: str,
+    keep_rows: torch.Tensor,
+    shard: tuple[int, int] = (0, 1),
+    batch_size: int = 32,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Yield (acts, row, pos) at the counted positions of the corpus rows, running the model up to `hook`
+    (the forward pass stops there). Rows are selected as in `stored_batches`."""
+    index, n = shard
+    rows = [r for r in range(len(corpus.sequences)) if keep_rows[r] and r % n == index]
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        lengths = torch.tensor([corpus.sequences[r].length for r in chunk])
+        width = max(int(lengths.max()), 1)  # right-padded rows: trim to the longest
+        ids = corpus.input_ids[chunk, :width].long().to(loaded.device)
+        attention = (torch.arange(width)[None, :] < lengths[:, None]).long().to(loaded.device)
+        with model_lock(loaded.model), torch.no_grad():
+            acts = run_to(loaded.model, ids, [hook], attention_mask=attention)[hook]
+        keep = corpus.mask[chunk, :width]
+        where = keep.nonzero()
+        yield acts[keep.to(acts.device)], torch.tensor(chunk)[where[:, 0]], where[:, 1]
 
 
 def intervals(
@@ -190,6 +235,25 @@ def intervals(
     return out_tokens, out_values
 
 
+QUANTILES = (0.5, 0.9, 0.99)
+
+
+def quantiles_from_histogram(hist: torch.Tensor, edges: torch.Tensor, qs: tuple[float, ...]) -> torch.Tensor:
+    """[d_sae, len(qs)] quantiles of each latent's non-zero activations, read off its log-grid histogram.
+
+    Each is the geometric centre of the bin holding the quantile, so within half a bin (about 3% at 40
+    bins per decade) of the exact value; 0 for a latent that never fires.
+    """
+    cumulative = hist.double().cumsum(1)
+    total = cumulative[:, -1:]
+    centres = (edges[:-1] * edges[1:]).sqrt()
+    out = torch.zeros(hist.shape[0], len(qs))
+    for j, q in enumerate(qs):
+        index = (cumulative < q * total).sum(1).clamp(max=hist.shape[1] - 1)
+        out[:, j] = torch.where(total[:, 0] > 0, centres[index], 0.0).float()
+    return out
+
+
 def finalize(
     acc: LatentAccumulator,
     means: LabelMeans,
@@ -197,8 +261,13 @@ def finalize(
     loaded: LoadedModel,
     refusal: RefusalDirection | None,
     config: CacheConfig,
+    attribution: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Turn accumulators into the per-latent arrays stored in `latents.safetensors`."""
+    """Turn accumulators into the per-latent arrays stored in `latents.safetensors`.
+
+    Args:
+        attribution: optional label ("harmful", "harmless") -> [d_sae] attribution on the refusal score.
+    """
     count = acc.count.clamp_min(1)
     mean_active = (acc.sum / count).float()
     var = (acc.sum_sq / count - (acc.sum / count) ** 2).clamp_min(0)
@@ -214,6 +283,7 @@ def finalize(
         "max": acc.max,
         "mean_active": mean_active,
         "std_active": var.sqrt().float(),
+        "quantiles": quantiles_from_histogram(acc.hist, acc.grid.edges(), QUANTILES),
         "hist": acc.hist.int(),
         "interval_tokens": interval_tokens,
         "interval_values": interval_values,
@@ -232,56 +302,106 @@ def finalize(
         index = refusal_location_index(sae.hook, loaded.n_layers)
         arrays["refusal_cos"] = arrays["refusal_cos_layers"][:, index].contiguous()
         arrays["refusal_cos_selected"] = direction_cosines(sae, refusal.direction[None, :])[:, 0].contiguous()
+    if attribution:
+        missing = [label for label in LABELS if label not in attribution]
+        if missing:
+            raise ValueError(f"attribution lacks labels {missing}")
+        arrays["attribution"] = torch.stack([attribution[label] for label in LABELS], dim=1).float()
     return {k: v.contiguous() for k, v in arrays.items()}
 
 
-def build_latent_cache(
-    loaded: LoadedModel,
-    sae: LoadedSAE,
+def write_cache(
+    directory: Path,
+    arrays: dict[str, torch.Tensor],
+    manifest: dict[str, Any],
     corpus: Corpus,
-    activations: Path,
-    refusal: RefusalDirection | None,
-    *,
-    config: CacheConfig | None = None,
-    directory: Path | None = None,
-) -> dict[str, Any]:
-    """Build one SAE's latent cache from stored activations and write it atomically.
+    tokenizer: Any,
+) -> None:
+    """Write one cache directory atomically: a killed build leaves the previous cache as it was."""
+    with atomic_directory(directory) as tmp:
+        save_file(arrays, str(tmp / ARRAYS_FILE))
+        save_file({"input_ids": corpus.input_ids, "mask": corpus.mask}, str(tmp / TOKENS_FILE))
+        (tmp / VOCAB_FILE).write_text(json.dumps(readable_vocab(tokenizer), ensure_ascii=False))
+        write_json_atomic(tmp / MANIFEST_FILE, manifest)
 
-    Returns:
-        The manifest written beside the arrays.
-    """
-    config = config or CacheConfig()
-    start = time.perf_counter()
-    batches = stored_batches(activations, sae.hook, cache_rows(corpus))
-    acc, means = accumulate(sae, batches, corpus, config)
-    t_pass = time.perf_counter() - start
-    arrays = finalize(acc, means, sae, loaded, refusal, config)
-    seconds = time.perf_counter() - start
-    target = directory or latent_cache_dir(loaded.name, sae.hook)
-    manifest = {
+
+def base_manifest(loaded: LoadedModel, sae: LoadedSAE, corpus: Corpus, config: CacheConfig) -> dict[str, Any]:
+    """What identifies a cache (and each shard of one): schema, fingerprints, corpus and config."""
+    return {
         "schema_version": SCHEMA_VERSION,
         "explorer": __version__,
         "model": loaded.name,
-        "model_fingerprint": loaded.provenance.get("fingerprint") or loaded.source,
+        "model_fingerprint": model_fingerprint(loaded.model),
         "sae": sae.describe(),
         "sae_fingerprint": sae.fingerprint,
         "hook": sae.hook,
         "corpus": corpus.fingerprint(),
         "prompts": corpus.manifest.get("prompts"),
         "seq_len": int(corpus.input_ids.shape[1]),
-        "n_tokens": acc.n_tokens,
         "config": config.to_dict(),
+    }
+
+
+def build_latent_cache(
+    loaded: LoadedModel,
+    sae: LoadedSAE,
+    corpus: Corpus,
+    activations: Path | None,
+    refusal: RefusalDirection | None,
+    *,
+    attribution: dict[str, torch.Tensor] | None = None,
+    config: CacheConfig | None = None,
+    directory: Path | None = None,
+) -> dict[str, Any]:
+    """Build one SAE's latent cache and write it atomically.
+
+    Args:
+        activations: the SAE stage's stored activations (read, no forward pass), or None to run the
+            model to the SAE's hook over the corpus.
+        attribution: label -> [d_sae] attribution on the refusal score (`explorer.attribution`).
+
+    Returns:
+        The manifest written beside the arrays.
+    """
+    config = config or CacheConfig()
+    start = time.perf_counter()
+    keep = cache_rows(corpus)
+    batches = (
+        model_batches(loaded, corpus, sae.hook, keep)
+        if activations is None
+        else stored_batches(activations, sae.hook, keep)
+    )
+    acc, means = accumulate(sae, batches, corpus, config)
+    t_pass = time.perf_counter() - start
+    arrays = finalize(acc, means, sae, loaded, refusal, config, attribution)
+    seconds = time.perf_counter() - start
+    target = directory or latent_cache_dir(loaded.name, sae.name)
+    manifest = finished_manifest(
+        base_manifest(loaded, sae, corpus, config), acc, sae, refusal, {"pass": t_pass, "total": seconds}
+    )
+    manifest["source"] = "model forward pass" if activations is None else f"stored activations {activations}"
+    write_cache(target, arrays, manifest, corpus, loaded.tokenizer)
+    log.info("latent cache for %s: %d tokens in %.1f s -> %s", sae.hook, acc.n_tokens, seconds, target)
+    return manifest
+
+
+def finished_manifest(
+    base: dict[str, Any],
+    acc: LatentAccumulator,
+    sae: LoadedSAE,
+    refusal: RefusalDirection | None,
+    seconds: dict[str, float],
+) -> dict[str, Any]:
+    """The manifest of a complete cache: identity plus counts, grid, units and timings."""
+    return {
+        **base,
+        "n_tokens": acc.n_tokens,
         "grid": asdict(acc.grid),
         "refusal": None if refusal is None else {"location": refusal.location, "position": refusal.position},
         "units": "raw latent activations (decoder rows unit norm: "
         + ("yes" if sae.decoder_unit_norm else "no")
         + "); logit effects are decoder row x final-norm scale x unembedding",
-        "seconds": {"pass": round(t_pass, 2), "total": round(seconds, 2)},
+        "seconds": {k: round(v, 2) for k, v in seconds.items()},
+        # ru_maxrss is in KiB on Linux: the peak resident memory of the whole building process so far.
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
-    with atomic_directory(target) as tmp:
-        save_file(arrays, str(tmp / ARRAYS_FILE))
-        save_file({"input_ids": corpus.input_ids, "mask": corpus.mask}, str(tmp / TOKENS_FILE))
-        (tmp / VOCAB_FILE).write_text(json.dumps(readable_vocab(loaded.tokenizer), ensure_ascii=False))
-        write_json_atomic(tmp / MANIFEST_FILE, manifest)
-    log.info("latent cache for %s: %d tokens in %.1f s -> %s", sae.hook, acc.n_tokens, seconds, target)
-    return manifest

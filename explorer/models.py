@@ -362,3 +362,17 @@ def special_token_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
     added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
     ids.update(i for i, tok in added.items() if getattr(tok, "special", False))
     return ids
+
+
+def model_fingerprint(model: torch.nn.Module, stride: int = 4099) -> str:
+    """A sha256 prefix over every parameter's name, shape, dtype and a strided sample of its values.
+
+    Caches record it so they are never read against other weights; sampling every `stride`-th value
+    keeps it to a fraction of a second on large models while any retraining still changes it.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        sample = tensor.detach().reshape(-1)[::stride].float().cpu()
+        digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()[:16]
