@@ -29,6 +29,8 @@ class SamplingConfig:
         top_p: nucleus sampling mass (1 keeps every token).
         repetition_penalty: >1 discourages repeating tokens (1 is off).
         seed: seeds sampling so a run can be reproduced.
+        frequency_penalty: subtracted from a token's logit once per time it was generated (0 is off;
+            applied by the steering decoder, `explorer.side_by_side`).
     """
 
     max_new_tokens: int = 64
@@ -36,11 +38,12 @@ class SamplingConfig:
     top_p: float = 1.0
     repetition_penalty: float = 1.0
     seed: int = 0
+    frequency_penalty: float = 0.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_new_tokens <= 4096:
             raise ValueError(f"max_new_tokens must be in [1, 4096], got {self.max_new_tokens}")
-        for name in ("temperature", "top_p", "repetition_penalty"):
+        for name in ("temperature", "top_p", "repetition_penalty", "frequency_penalty"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
         if not 0.0 <= self.temperature <= 5.0:
@@ -49,6 +52,8 @@ class SamplingConfig:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if not 0.5 <= self.repetition_penalty <= 3.0:
             raise ValueError(f"repetition_penalty must be in [0.5, 3], got {self.repetition_penalty}")
+        if not 0.0 <= self.frequency_penalty <= 2.0:
+            raise ValueError(f"frequency_penalty must be in [0, 2], got {self.frequency_penalty}")
 
     @property
     def greedy(self) -> bool:
@@ -132,6 +137,8 @@ def generate(
         progress: show a progress bar.
     """
     sampling = sampling or SamplingConfig()
+    if sampling.frequency_penalty:
+        raise ValueError("frequency_penalty is applied by explorer.side_by_side.decode, not by generate()")
     eos = loaded.tokenizer.eos_token_id
     completions: list[Completion] = []
     starts = range(0, len(conversations), batch_size)

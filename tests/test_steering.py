@@ -1,0 +1,244 @@
+"""Steering on a tiny model: clamps write exactly their difference, scopes and triggers gate them, the
+side-by-side default equals a plain run, concurrent requests never mix, and bad specs fail up front."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import pytest
+import torch
+
+from explorer.data import DataError
+from explorer.generation import SamplingConfig, encode_chats
+from explorer.hooks import capture, intervene
+from explorer.models import LoadedModel
+from explorer.refusal_build import RefusalDirection
+from explorer.sae import wrap_sae
+from explorer.side_by_side import Steerer, decode, generate_side_by_side
+from explorer.steering import (
+    Clamp,
+    DirectionBaseline,
+    SteeringError,
+    SteeringSpec,
+    StepState,
+    Trigger,
+    parse_clamp,
+    steering_hooks,
+    validate,
+)
+from tests.helpers import tiny_sae
+
+HOOK = "blocks.2.hook_resid_pre"
+EARLY = "blocks.1.hook_resid_pre"
+PROMPT = "Tell me about owls."
+GREEDY = SamplingConfig(max_new_tokens=8)
+SAMPLED = SamplingConfig(max_new_tokens=8, temperature=1.0, top_p=0.9, seed=7)
+
+
+@pytest.fixture(scope="module")
+def steerer(tiny: LoadedModel) -> Steerer:
+    saes = {
+        HOOK: wrap_sae(tiny_sae("topk", d_in=64, d_sae=32, hook=HOOK, seed=1), "main", "main"),
+        EARLY: wrap_sae(tiny_sae("topk", d_in=64, d_sae=16, hook=EARLY, seed=2), "early", "early"),
+    }
+    torch.manual_seed(0)
+    refusal = RefusalDirection(torch.randn(64), HOOK, 2, -1, torch.randn(5, 6, 64), {})
+    return Steerer(tiny, saes, refusal, {HOOK: torch.full((32,), 5.0)})
+
+
+def _forward_edit(steerer: Steerer, spec: SteeringSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(residual at HOOK before, after the spec's hooks, the steered mask) on one prompt."""
+    loaded = steerer.loaded
+    _, batch = encode_chats(loaded, [PROMPT])
+    width = batch["input_ids"].shape[1]
+    state = StepState()
+    state.real = torch.arange(width)[None, :] > 0
+    state.mask = state.real.clone()
+    hooks = steering_hooks(
+        spec, steerer.saes, state, loaded.n_layers, max_activations=steerer.max_activations
+    )
+    with capture(loaded.model, [HOOK]) as before, torch.no_grad():
+        loaded.model(**batch, use_cache=False)
+    with intervene(loaded.model, hooks), capture(loaded.model, [HOOK]) as after, torch.no_grad():
+        loaded.model(**batch, use_cache=False)
+    return before[HOOK][0][0], after[HOOK][0][0], state.mask[0]
+
+
+def test_a_clamp_writes_exactly_its_difference_on_the_decoder_row(steerer: Steerer) -> None:
+    sae = steerer.saes[HOOK]
+    before, after, mask = _forward_edit(steerer, SteeringSpec((Clamp(HOOK, 3, "set", 4.0),)))
+    f = sae.sae.encode(before)[:, 3]
+    expected = before + (4.0 - f)[:, None] * sae.sae.W_dec[3]
+    torch.testing.assert_close(after[mask], expected[mask], rtol=0, atol=1e-5)
+    assert torch.equal(after[0], before[0])  # the first position is never steered
+
+
+def test_identity_clamps_leave_the_residual_unchanged(steerer: Steerer) -> None:
+    spec = SteeringSpec((Clamp(HOOK, 3, "multiply", 1.0), Clamp(HOOK, 5, "add", 0.0)))
+    before, after, _ = _forward_edit(steerer, spec)
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-6)
+
+
+def test_units_of_the_latent_max_scale_the_value(steerer: Steerer) -> None:
+    raw = _forward_edit(steerer, SteeringSpec((Clamp(HOOK, 3, "set", 10.0),)))[1]
+    relative = _forward_edit(steerer, SteeringSpec((Clamp(HOOK, 3, "set", 2.0, "max"),)))[1]
+    torch.testing.assert_close(raw, relative, rtol=0, atol=1e-5)  # max is 5.0
+
+
+def test_empty_spec_attaches_nothing_and_matches_a_plain_run(steerer: Steerer) -> None:
+    bare = Steerer(steerer.loaded, steerer.saes)  # no refusal direction: no recording hook either
+    plain = decode(bare, [PROMPT], None, sampling=GREEDY)[0]
+    empty = decode(bare, [PROMPT], SteeringSpec(), sampling=GREEDY)[0]
+    assert plain.token_ids == empty.token_ids and plain.token_ids
+    with torch.no_grad():
+        _, batch = encode_chats(steerer.loaded, [PROMPT])
+        logits = steerer.loaded.model(**batch, use_cache=False).logits[0, -1]
+    assert plain.token_ids[0] == int(logits.argmax())
+
+
+@pytest.mark.parametrize("sampling", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
+def test_side_by_side_columns_equal_separate_runs(steerer: Steerer, sampling: SamplingConfig) -> None:
+    spec = SteeringSpec((Clamp(HOOK, 3, "set", 40.0), Clamp(EARLY, 2, "multiply", -3.0)))
+    result = generate_side_by_side(steerer, PROMPT, spec, sampling)
+    plain = decode(steerer, [PROMPT], None, sampling=sampling)[0]
+    alone = decode(steerer, [PROMPT], spec, sampling=sampling)[0]
+    assert result.default.token_ids == plain.token_ids
+    assert result.steered.token_ids == alone.token_ids
+    assert result.default.token_ids != result.steered.token_ids  # the clamp does something here
+    assert not result.default.steered and result.steered.steered
+    assert result.latent_labels == [f"{HOOK}:3", f"{EARLY}:2"]
+    first = result.steered.steps[0]
+    assert len(first.latents) == 2 and first.refusal_projection is not None
+    assert result.spec["provenance"]["seed"] == sampling.seed
+
+
+def test_concurrent_requests_never_see_each_others_clamps(steerer: Steerer) -> None:
+    specs = [
+        SteeringSpec((Clamp(HOOK, latent, "set", value),))
+        for latent, value in ((1, 30), (3, 40), (5, -20), (7, 25))
+    ]
+    specs.append(SteeringSpec(direction=DirectionBaseline("add", 4.0)))
+    plain = decode(steerer, [PROMPT], None, sampling=GREEDY)[0].token_ids
+    alone = [decode(steerer, [PROMPT], spec, sampling=GREEDY)[0].token_ids for spec in specs]
+    results: dict[int, tuple[list[int], list[int]]] = {}
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            r = generate_side_by_side(steerer, PROMPT, specs[i], GREEDY)
+            results[i] = (r.default.token_ids, r.steered.token_ids)
+        except BaseException as e:  # surfaced below; a thread's exception is otherwise lost
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(specs)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert len({tuple(t) for t in alone}) > 1  # the specs really differ in effect
+    for i, (default, steered) in results.items():
+        assert default == plain, i
+        assert steered == alone[i], i
+
+
+def test_scope_selects_prompt_or_generated_positions(steerer: Steerer) -> None:
+    strong = (Clamp(HOOK, 3, "add", 200.0),)
+    plain = decode(steerer, [PROMPT], None, sampling=GREEDY)[0].token_ids
+    generated_only = decode(steerer, [PROMPT], SteeringSpec(strong, scope="generated"), sampling=GREEDY)[0]
+    prompt_only = decode(steerer, [PROMPT], SteeringSpec(strong, scope="prompt"), sampling=GREEDY)[0]
+    # The first new token is predicted from the prompt alone: untouched when only generated tokens are.
+    assert generated_only.token_ids[0] == plain[0]
+    assert generated_only.token_ids != plain
+    assert prompt_only.token_ids[0] != plain[0]
+
+
+def test_a_trigger_gates_the_clamps(steerer: Steerer) -> None:
+    clamp = (Clamp(HOOK, 3, "set", 40.0),)
+    plain = decode(steerer, [PROMPT], None, sampling=GREEDY)[0].token_ids
+    always = decode(steerer, [PROMPT], SteeringSpec(clamp), sampling=GREEDY)[0].token_ids
+    never = SteeringSpec(clamp, trigger=Trigger(EARLY, 0, 1e4))
+    open_ = SteeringSpec(clamp, trigger=Trigger(EARLY, 0, -1.0))
+    assert decode(steerer, [PROMPT], never, sampling=GREEDY)[0].token_ids == plain
+    assert decode(steerer, [PROMPT], open_, sampling=GREEDY)[0].token_ids == always
+
+
+def test_direction_ablation_zeroes_the_projection(steerer: Steerer) -> None:
+    reply = decode(steerer, [PROMPT], SteeringSpec(direction=DirectionBaseline("ablate")), sampling=GREEDY)[0]
+    plain = decode(steerer, [PROMPT], None, sampling=GREEDY)[0]
+    ablated = torch.tensor([s.refusal_projection for s in reply.steps])
+    unablated = torch.tensor([s.refusal_projection for s in plain.steps])
+    assert unablated.abs().max() > 1e-3  # the tiny model's residual norms are ~0.1
+    assert ablated.abs().max() < 1e-4 * unablated.abs().max()
+
+
+def test_spec_round_trips_through_json() -> None:
+    spec = SteeringSpec(
+        (Clamp(HOOK, 3, "set", 2.0, "max"), Clamp(EARLY, 1, "multiply", -3.0)),
+        scope="prompt",
+        trigger=Trigger(EARLY, 4, 1.5),
+        direction=DirectionBaseline("add", 0.5),
+        provenance={"model": "tiny", "seed": 3},
+    )
+    again = SteeringSpec.from_json(spec.to_json())
+    assert again == spec and again.provenance == spec.provenance
+    assert parse_clamp(f"{HOOK}:3=set:2:max") == spec.clamps[0]
+    assert parse_clamp(f"{EARLY}:1=multiply:-3") == spec.clamps[1]
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: Clamp(HOOK, 1, "set", math.nan), "finite"),
+        (lambda: Clamp(HOOK, 1, "set", 1e9), r"\|value\| must be <= 10000"),
+        (lambda: Clamp(HOOK, 1, "multiply", 1e3), r"\|value\| must be <= 100"),
+        (lambda: Clamp(HOOK, 1, "scale", 1.0), "mode .scale."),  # pyright: ignore[reportArgumentType]
+        (lambda: Clamp(HOOK, -1, "set", 1.0), "non-negative"),
+        (
+            lambda: SteeringSpec((Clamp(HOOK, 1, "set", 1.0), Clamp(HOOK, 1, "add", 2.0))),
+            "conflicting clamps",
+        ),
+        (lambda: parse_clamp("blocks.2:1=set"), "HOOK:LATENT=MODE:VALUE"),
+        (lambda: parse_clamp(f"{HOOK}:1=set:inf"), "finite"),
+        (lambda: SteeringSpec.from_json("{"), "not valid JSON"),
+    ],
+)
+def test_malformed_clamps_are_rejected(make, message: str) -> None:
+    with pytest.raises(SteeringError, match=message):
+        make()
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (SteeringSpec((Clamp(HOOK, 32, "set", 1.0),)), r"latent 32 is out of range.*0\.\.31"),
+        (SteeringSpec((Clamp("blocks.3.hook_resid_pre", 1, "set", 1.0),)), "no SAE is loaded there"),
+        (SteeringSpec((Clamp("blocks.9.hook_resid_pre", 1, "set", 1.0),)), "out of range"),
+        (SteeringSpec((Clamp(EARLY, 1, "set", 1.0, "max"),)), "no latent cache"),
+        (SteeringSpec((Clamp(EARLY, 1, "set", 1.0),), trigger=Trigger(HOOK, 0, 1.0)), "comes after"),
+    ],
+)
+def test_specs_that_do_not_fit_fail_before_running(
+    steerer: Steerer, spec: SteeringSpec, message: str
+) -> None:
+    with pytest.raises(SteeringError, match=message):
+        validate(spec, steerer.saes, steerer.loaded.n_layers, max_activations=steerer.max_activations)
+    with pytest.raises(SteeringError, match=message):
+        decode(steerer, [PROMPT], spec, sampling=GREEDY)
+
+
+def test_direction_baseline_needs_a_direction(steerer: Steerer) -> None:
+    with pytest.raises(SteeringError, match="needs a refusal direction"):
+        decode(
+            Steerer(steerer.loaded, steerer.saes),
+            [PROMPT],
+            SteeringSpec(direction=DirectionBaseline("ablate")),
+        )
+
+
+def test_bad_prompts_fail_clearly(steerer: Steerer) -> None:
+    with pytest.raises(DataError, match="empty"):
+        generate_side_by_side(steerer, "  ", SteeringSpec(), GREEDY)
+    with pytest.raises(DataError, match="exceeds the model's context"):
+        generate_side_by_side(steerer, "owl " * 300, SteeringSpec(), GREEDY)
