@@ -226,6 +226,16 @@ class LatentCache:
         ids, values = self._row(f"{name}_ids", latent).tolist(), self._row(name, latent).tolist()
         return [(self._vocab[i], v) for i, v in zip(ids, values, strict=True)]
 
+    def column(self, name: str) -> torch.Tensor:
+        """One per-latent array, whole (e.g. "max": [d_sae]).
+
+        Raises:
+            CacheError: the cache has no such array.
+        """
+        if name not in self._keys:
+            raise CacheError(f"latent cache at {self.directory} has no {name!r}; it has {sorted(self._keys)}")
+        return self._arrays.get_tensor(name)
+
     def table(self) -> dict[str, list[float]]:
         """Per-latent columns for sorting and filtering the whole SAE (density, max, refusal cosine, ...).
 

@@ -119,9 +119,26 @@ def cmd_generate(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         repetition_penalty=args.repetition_penalty,
         seed=args.seed,
+        frequency_penalty=args.frequency_penalty,
     )
+    from explorer.cli_steer import print_steered, run_steered, wants_steering
+
+    if wants_steering(args):
+        print_steered(run_steered(args, prompts, ids, sampling), args.json)
+        return 0
     loaded = load_model(_model_config(args))
-    completions = generate(loaded, prompts, sampling, system=args.system, progress=True)
+    if (
+        sampling.frequency_penalty
+    ):  # transformers' generate has no frequency penalty; the steering decoder has
+        from explorer.generation import Completion
+        from explorer.side_by_side import Steerer, decode_many
+
+        replies = decode_many(Steerer(loaded), prompts, None, sampling, system=args.system, progress=True)
+        completions = [
+            Completion(p, r.text, r.token_ids, 0, r.finished) for p, r in zip(prompts, replies, strict=True)
+        ]
+    else:
+        completions = generate(loaded, prompts, sampling, system=args.system, progress=True)
     judge = SubstringJudge()
     rows = []
     for rid, prompt, completion in zip(ids, prompts, completions, strict=True):
@@ -260,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print JSON")
+    from explorer.cli_steer import add_steering_args
+
+    add_steering_args(p)
     p.set_defaults(func=cmd_generate)
 
     from explorer.cli_sae import add_sae_parser
@@ -271,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     from explorer.cache_export import add_export_parser
 
     add_export_parser(sub)
+    from explorer.cli_eval import add_eval_parser
+
+    add_eval_parser(sub)
     return parser
 
 

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from explorer.generation import Conversation, SamplingConfig, encode_chats
 from explorer.hooks import intervene
@@ -297,3 +298,24 @@ def generate_side_by_side(
         sampling.to_dict(),
         latent_labels(spec),
     )
+
+
+def decode_many(
+    steerer: Steerer,
+    conversations: Sequence[Conversation],
+    spec: SteeringSpec | None = None,
+    sampling: SamplingConfig | None = None,
+    *,
+    system: str | None = None,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> list[Reply]:
+    """`decode` over many conversations in batches, every row steered (evaluation sweeps, prompt files)."""
+    replies: list[Reply] = []
+    starts = range(0, len(conversations), batch_size)
+    for start in tqdm(
+        starts, desc="steered generation", unit="batch", disable=not progress or len(starts) < 2
+    ):
+        chunk = conversations[start : start + batch_size]
+        replies += decode(steerer, chunk, spec, sampling=sampling, system=system, record=False)
+    return replies
