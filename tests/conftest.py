@@ -36,3 +36,14 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: PreTrainedToke
 def tiny(tiny_dir: Path) -> LoadedModel:
     """The tiny Llama model loaded through the public loader (shared: do not mutate)."""
     return load_model(str(tiny_dir))
+
+
+@pytest.fixture(scope="session")
+def app_cache(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path) -> Path:
+    """A cache directory holding a complete tiny workspace (refusal direction, 3 SAEs of 64 latents, their
+    latent caches) for `tiny_dir`. Read-only: tests that change files copy it first."""
+    from tests.app_support import build_tiny_workspace
+
+    cache = tmp_path_factory.mktemp("app-cache")
+    build_tiny_workspace(cache, tiny_dir)
+    return cache

@@ -9,12 +9,15 @@ from typing import Any
 import streamlit as st
 
 from explorer.build import BUILD_MANIFEST
-from explorer.models import LoadedModel, ModelConfig, load_model
+from explorer.cache_reader import CacheError, LatentCache
+from explorer.models import LoadedModel, ModelConfig, ModelError, load_model
 from explorer.paths import cache_dir
 from explorer.refusal_build import REPORT_FILE, SELECTION_FILE, refusal_dir
-from explorer.sae import sae_root
+from explorer.sae import SAEError, sae_root
 from explorer.sae_build import INDEX_FILE as SAE_INDEX_FILE
 from explorer.sae_build import REPORT_FILE as SAE_REPORT_FILE
+from explorer.ui.state import MODEL_ENV, model_spec_from_env
+from explorer.workspace import Workspace, load_workspace
 
 
 @st.cache_resource(show_spinner="Loading model…")
@@ -63,3 +66,43 @@ def _read_json(path: str, mtime_ns: int) -> dict[str, Any]:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is corrupt ({e}); run `explorer build` again") from e
+
+
+@st.cache_resource(show_spinner="Loading model, SAEs and latent caches…")
+def cached_workspace(spec: str, device: str = "cpu", dtype: str = "float32") -> Workspace:
+    """The model with its SAEs, latent caches and refusal direction, loaded once per process.
+
+    Shared by every browser session: callers must not mutate it (steering never does; it derives new
+    tensors and attaches hooks only for the duration of its own forward calls).
+    """
+    return load_workspace(ModelConfig(spec=spec, device=device, dtype=dtype))  # pyright: ignore[reportArgumentType]
+
+
+def workspace_or_stop() -> Workspace:
+    """The app's workspace, or an `st.error` saying what to do and a stop (never a traceback)."""
+    spec = model_spec_from_env()
+    try:
+        return cached_workspace(spec)
+    except (ModelError, SAEError, CacheError) as e:
+        st.error(f"Could not load `{spec}`: {e}")
+        st.info(
+            f"Run `make build` (or `explorer build`), or set `{MODEL_ENV}` to another model spec and restart."
+        )
+        st.stop()
+        raise  # unreachable: st.stop() raises
+
+
+def cache_or_stop(workspace: Workspace, hook: str | None) -> tuple[str, LatentCache]:
+    """The latent cache of the SAE at `hook` (default: the main SAE), or an error and a stop."""
+    hook = hook or workspace.main
+    if hook is None or hook not in workspace.saes:
+        st.error(f"No SAE at `{hook}`; this model has SAEs at {sorted(workspace.saes) or 'no hook'}.")
+        st.info("Run `make build` to train the default's SAEs, or start the app with a model that has SAEs.")
+        st.stop()
+        raise AssertionError
+    if hook not in workspace.caches:
+        st.error(f"The SAE at `{hook}` has no usable latent cache. " + " ".join(workspace.problems))
+        st.info("Run `explorer build` (or `explorer cache build --sae ...`) to build it.")
+        st.stop()
+        raise AssertionError
+    return hook, workspace.caches[hook]

@@ -1,15 +1,75 @@
-"""Every session-state and query-parameter key the app uses, in one place."""
+"""Every session-state and query-parameter key the app uses, in one place, and the steering selection
+helpers that several pages share."""
 
 from __future__ import annotations
 
 import os
+from typing import Any
+
+import streamlit as st
 
 MODEL_ENV = "EXPLORER_MODEL"
 """Environment variable naming the model spec the app loads (default: the offline default)."""
+DEMO_ENV = "EXPLORER_DEMO"
+"""Set to 1 (as `make demo` does) to open the app on the curated walkthrough."""
 
 MODEL_SPEC = "model_spec"
+
+# Session-state keys.
+SAE_HOOK = "sae_hook"
+"""The hook of the SAE the Latents, Latent detail and Prompt inspector pages show."""
+LATENT = "latent"
+"""The latent the Latent detail page shows."""
+STEER_CLAMPS = "steer_clamps"
+"""The steering playground's picked latents: a list of Clamp dicts (hook, latent, mode, value, units)."""
+STEER_SCOPE = "steer_scope"
+STEER_TRIGGER = "steer_trigger"
+"""None or a Trigger dict (hook, latent, threshold)."""
+STEER_DIRECTION = "steer_direction"
+"""None or a DirectionBaseline dict (kind, alpha)."""
+STEER_SAMPLING = "steer_sampling"
+"""A SamplingConfig dict."""
+CHAT_HISTORY = "chat_history"
+"""The playground's multi-turn conversation: a list of {"role", "content"} (the steered column's replies)."""
+LAST_RESULT = "last_side_by_side"
+EVAL_RESULT = "eval_result"
+INSPECT_PROMPT = "inspect_prompt"
+
+# Query parameters (share links).
+Q_SAE = "sae"
+Q_LATENT = "latent"
+Q_SPEC = "spec"
+"""A steering spec as URL-safe base64 of its JSON, with sampling settings and the prompt beside it."""
 
 
 def model_spec_from_env() -> str:
     """The model spec the app was started with."""
     return os.environ.get(MODEL_ENV) or "default"
+
+
+def demo_mode() -> bool:
+    return os.environ.get(DEMO_ENV, "").strip() not in ("", "0", "false")
+
+
+def picked_clamps() -> list[dict[str, Any]]:
+    """The playground's picked latents (created empty on first use)."""
+    return st.session_state.setdefault(STEER_CLAMPS, [])
+
+
+def add_to_steering(
+    hook: str, latent: int, mode: str = "set", value: float = 1.0, units: str = "max"
+) -> bool:
+    """Pick a latent for the playground; False if it is already picked (one clamp per latent)."""
+    clamps = picked_clamps()
+    if any(c["hook"] == hook and c["latent"] == latent for c in clamps):
+        return False
+    clamps.append({"hook": hook, "latent": int(latent), "mode": mode, "value": float(value), "units": units})
+    return True
+
+
+def open_latent(hook: str, latent: int) -> None:
+    """Select a latent for the Latent detail page (and the share link)."""
+    st.session_state[SAE_HOOK] = hook
+    st.session_state[LATENT] = int(latent)
+    st.query_params[Q_SAE] = hook
+    st.query_params[Q_LATENT] = str(int(latent))
