@@ -19,8 +19,7 @@ def _latents(text: str, workspace: Any, hook: str | None) -> list[tuple[str, int
         hook = hook or workspace.main
         if hook is None or hook not in workspace.caches:
             raise ValueError(f"--latents {text}: no latent cache for {hook}; build it or name latents")
-        cos = workspace.caches[hook].column("refusal_cos")
-        return [(hook, int(i)) for i in cos.argsort(descending=True)[: int(text[4:])]]
+        return [(hook, i) for i in workspace.caches[hook].top_latents("refusal_cos", int(text[4:]))]
     out = []
     for part in text.split(","):
         name, _, latent = part.strip().rpartition(":")

@@ -19,7 +19,7 @@ import io
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -234,11 +234,14 @@ def evaluate(
     *,
     mc_items: Sequence[MCItem] | None = None,
     progress: bool = False,
+    on_progress: Callable[[int, int, str], None] | None = None,
 ) -> list[SweepPoint]:
     """Evaluate the unsteered model and every setting; see the module docstring for what is measured.
 
     Args:
         corpus: the model's corpus (for the held-out harmless transcripts); None skips CE and KL.
+        on_progress: called after each setting (the unsteered model first) with (settings done,
+            settings in all, the label just done), e.g. to drive a progress bar in the app.
     """
     config = config or EvalConfig()
     harmful = [r.text for r in builtin_prompts("harmful", config.split)][: config.n_harmful]
@@ -250,7 +253,8 @@ def evaluate(
         rows = candidates[::step][: config.loss_rows]
     sampling = SamplingConfig(max_new_tokens=config.max_new_tokens)
     points = []
-    for label, strength, spec in [("unsteered", None, SteeringSpec()), *settings]:
+    todo = [("unsteered", None, SteeringSpec()), *settings]
+    for label, strength, spec in todo:
         start = time.perf_counter()
         verdicts = {}
         for name, prompts in (("harmful", harmful), ("harmless", harmless)):
@@ -278,6 +282,8 @@ def evaluate(
                 round(time.perf_counter() - start, 1),
             )
         )
+        if on_progress is not None:
+            on_progress(len(points), len(todo), label)
     return points
 
 

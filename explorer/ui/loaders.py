@@ -69,8 +69,9 @@ def _read_json(path: str, mtime_ns: int) -> dict[str, Any]:
 
 
 @st.cache_resource(show_spinner="Loading model, SAEs and latent caches…")
-def cached_workspace(spec: str, device: str = "cpu", dtype: str = "float32") -> Workspace:
-    """The model with its SAEs, latent caches and refusal direction, loaded once per process.
+def cached_workspace(spec: str, cache_root: str, device: str = "cpu", dtype: str = "float32") -> Workspace:
+    """The model with its SAEs, latent caches and refusal direction, loaded once per process and per
+    cache root (`cache_root` is the resolved cache directory the files are read from).
 
     Shared by every browser session: callers must not mutate it (steering never does; it derives new
     tensors and attaches hooks only for the duration of its own forward calls).
@@ -82,7 +83,7 @@ def workspace_or_stop() -> Workspace:
     """The app's workspace, or an `st.error` saying what to do and a stop (never a traceback)."""
     spec = model_spec_from_env()
     try:
-        return cached_workspace(spec)
+        return cached_workspace(spec, str(cache_dir()))
     except (ModelError, SAEError, CacheError) as e:
         st.error(f"Could not load `{spec}`: {e}")
         st.info(

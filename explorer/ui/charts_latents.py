@@ -1,0 +1,263 @@
+"""Plotly figures and highlighted-example HTML built from latent records (lists and floats; no tensors)."""
+
+from __future__ import annotations
+
+import html
+import math
+from itertools import pairwise
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+
+from explorer.cache_reader import Example, LatentRecord
+from explorer.hooks import HookError
+from explorer.latent_table import COLUMN_TITLES, LatentTable
+from explorer.sae_quality import refusal_location_index
+
+_MARGIN = {"l": 10, "r": 10, "t": 30, "b": 10}
+DENSITY_FLOOR = 1e-7
+"""Dead latents are coloured as if at this density (log scale has no zero)."""
+
+
+def latent_scatter(table: LatentTable, rows: list[int], x: str, y: str) -> go.Figure:
+    """One point per latent in `rows`, `x` against `y`, coloured by log10 density; customdata is the latent
+    (a click on a point opens it)."""
+    # numeric numpy arrays: plotly validates and deep-copies lists (and object arrays) element by element,
+    # which costs ~100 ms for 4,096 latents
+    index = np.asarray(rows, dtype=np.int64)
+    density = np.asarray(table.density)[index]
+    figure = go.Figure(
+        go.Scattergl(
+            x=np.asarray(table.values(x))[index],
+            y=np.asarray(table.values(y))[index],
+            mode="markers",
+            customdata=np.stack([np.asarray(table.latent)[index], density], axis=1),
+            text=np.asarray(table.top_logits, dtype=str)[index],
+            marker={
+                "size": 7,
+                "color": np.log10(np.maximum(density, DENSITY_FLOOR)),
+                "colorscale": "Viridis",
+                "colorbar": {"title": "log10 density"},
+            },
+            hovertemplate=(
+                "latent %{customdata[0]}<br>"
+                f"{COLUMN_TITLES[x]} %{{x:.3g}}<br>{COLUMN_TITLES[y]} %{{y:.3g}}<br>"
+                "density %{customdata[1]:.3%}<br>%{text}<extra></extra>"
+            ),
+        )
+    )
+    figure.update_layout(
+        xaxis_title=COLUMN_TITLES[x],
+        yaxis_title=COLUMN_TITLES[y],
+        height=420,
+        margin=_MARGIN,
+        clickmode="event+select",
+        dragmode="pan",
+    )
+    return figure
+
+
+def activation_histogram(record: LatentRecord) -> go.Figure:
+    """The latent's non-zero activations in log-spaced bins, on a log x axis, quantiles marked."""
+    edges, counts = record.histogram
+    bins = list(pairwise(edges))
+    centres = [math.sqrt(lo * hi) for lo, hi in bins]
+    figure = go.Figure(
+        go.Bar(
+            x=centres,
+            y=counts,
+            customdata=[list(b) for b in bins],
+            hovertemplate="%{customdata[0]:.3g} – %{customdata[1]:.3g}: %{y} tokens<extra></extra>",
+            marker_color="#4c78a8",
+        )
+    )
+    marks = [_vline(value, name, log=True) for name, value in record.quantiles.items() if value > 0]
+    figure.update_layout(
+        shapes=[shape for shape, _ in marks],
+        annotations=[note for _, note in marks],
+        xaxis={"type": "log", "title": "activation (raw)"},
+        yaxis_title="tokens",
+        bargap=0,
+        height=300,
+        margin=_MARGIN,
+    )
+    return figure
+
+
+def logit_effects(record: LatentRecord) -> go.Figure:
+    """Tokens whose logits the latent's decoder row raises most (right) and lowers most (left)."""
+    figure = go.Figure()
+    for name, pairs, colour in (
+        ("promoted", record.logits_top, "#54a24b"),
+        ("suppressed", record.logits_bottom, "#e45756"),
+    ):
+        figure.add_trace(
+            go.Bar(
+                x=[v for _, v in pairs],
+                y=[f"{name[0]}{i}" for i in range(len(pairs))],
+                text=[repr(t) for t, _ in pairs],
+                textposition="auto",
+                orientation="h",
+                name=name,
+                marker_color=colour,
+                hovertemplate="%{text}: %{x:.3f}<extra>" + name + "</extra>",
+            )
+        )
+    figure.update_layout(
+        yaxis={"autorange": "reversed", "showticklabels": False},
+        xaxis_title="logit effect (decoder row · unembedding)",
+        height=60 + 22 * (len(record.logits_top) + len(record.logits_bottom)),
+        margin=_MARGIN,
+        legend={"orientation": "h", "y": 1.08},
+    )
+    return figure
+
+
+def layer_cosines(cosines: list[float], hook: str, refusal_hook: str | None) -> go.Figure:
+    """Cosine of the latent's decoder row with the refusal direction at every layer location.
+
+    Args:
+        cosines: one per location: resid_pre of layer 0..n-1, then the final resid_post.
+        hook: the SAE's own hook (starred when it is a residual hook of this model).
+        refusal_hook: where the refusal direction was selected (a dotted line), or None.
+    """
+    n_layers = len(cosines) - 1
+    names = [f"blocks.{i}.hook_resid_pre" for i in range(n_layers)] + [
+        f"blocks.{n_layers - 1}.hook_resid_post"
+    ]
+    figure = go.Figure(
+        go.Scatter(
+            x=list(range(len(cosines))),
+            y=cosines,
+            mode="lines+markers",
+            customdata=names,
+            hovertemplate="%{customdata}<br>cosine %{y:.3f}<extra></extra>",
+            name="cosine",
+        )
+    )
+    own, refusal_location = _location(hook, n_layers), _location(refusal_hook, n_layers)
+    if own is not None:
+        figure.add_trace(
+            go.Scatter(
+                x=[own],
+                y=[cosines[own]],
+                mode="markers",
+                marker={"symbol": "star", "size": 16, "color": "#e45756"},
+                name="this SAE's layer",
+                hovertemplate=f"this SAE: {names[own]}<br>cosine %{{y:.3f}}<extra></extra>",
+            )
+        )
+    marks = [] if refusal_location is None else [_vline(refusal_location, "direction")]
+    zero = {
+        "type": "line",
+        "xref": "paper",
+        "x0": 0,
+        "x1": 1,
+        "y0": 0,
+        "y1": 0,
+        "line": {"color": "lightgrey"},
+    }
+    figure.update_layout(
+        shapes=[zero, *(shape for shape, _ in marks)],
+        annotations=[note for _, note in marks],
+        xaxis_title="layer (input of; the last point is the final resid_post)",
+        yaxis_title="cosine with refusal direction",
+        height=300,
+        margin=_MARGIN,
+        legend={"orientation": "h", "y": 1.12},
+    )
+    return figure
+
+
+def _vline(x: float, text: str, log: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A dotted vertical line with a label above it, as layout dicts (faster than `add_vline`)."""
+    shape = {
+        "type": "line",
+        "xref": "x",
+        "yref": "paper",
+        "x0": x,
+        "x1": x,
+        "y0": 0,
+        "y1": 1,
+        "line": {"dash": "dot", "color": "grey"},
+    }
+    note = {
+        "x": math.log10(x) if log else x,  # annotations on a log axis take log10 positions
+        "xref": "x",
+        "y": 1,
+        "yref": "paper",
+        "yanchor": "bottom",
+        "text": text,
+        "showarrow": False,
+    }
+    return shape, note
+
+
+def _location(hook: str | None, n_layers: int) -> int | None:
+    if hook is None:
+        return None
+    try:
+        return refusal_location_index(hook, n_layers)
+    except HookError:
+        return None
+
+
+def harmful_vs_harmless(record: LatentRecord) -> go.Figure:
+    """Mean activation (zeros included) on harmful and harmless prompts, per scope."""
+    scopes = list(record.harmful_vs_harmless)
+    figure = go.Figure()
+    for index, (label, colour) in enumerate((("harmful", "#e45756"), ("harmless", "#4c78a8"))):
+        figure.add_trace(
+            go.Bar(
+                x=[scope.replace("_", "-") for scope in scopes],
+                y=[record.harmful_vs_harmless[scope][index] for scope in scopes],
+                name=label,
+                marker_color=colour,
+                hovertemplate=label + " %{x}: %{y:.4g}<extra></extra>",
+            )
+        )
+    figure.update_layout(barmode="group", yaxis_title="mean activation (raw)", height=280, margin=_MARGIN)
+    return figure
+
+
+def examples_html(examples: list[Example], peak: float) -> str:
+    """Examples as lines of tokens, the activating token highlighted by its activation / `peak`.
+
+    Only the activating token's value is stored, so only it is highlighted; hovering it shows the value.
+    """
+    if not examples:
+        return "<p><em>No examples.</em></p>"
+    lines = []
+    for example in examples:
+        spans = []
+        for j, token in enumerate(example.context):
+            text = html.escape(token, quote=True)
+            if j == example.focus:
+                share = example.value / peak if peak > 0 else 0.0
+                title = f"{example.value:.4g} raw ({share:.2f} × max)"
+                alpha = 0.15 + 0.85 * min(max(share, 0.0), 1.0)
+                spans.append(
+                    f'<span title="{html.escape(title, quote=True)}" style="background:'
+                    f'rgba(255,120,0,{alpha:.2f});border-radius:3px;font-weight:600">{text}</span>'
+                )
+            else:
+                spans.append(f"<span>{text}</span>")
+        lines.append(
+            '<div style="font-family:monospace;white-space:pre-wrap;margin:2px 0">'
+            f'<span style="color:grey">{example.value:8.3g} </span>{"".join(spans)}</div>'
+        )
+    return "".join(lines)
+
+
+def intervals_html(record: LatentRecord) -> str:
+    """Examples drawn from each activation interval between 0 and the latent's max, highest first."""
+    parts = []
+    for low, high, examples in reversed(record.intervals):
+        share = f"{low / record.max:.2f}–{high / record.max:.2f} × max" if record.max > 0 else ""
+        parts.append(
+            f'<div style="margin-top:8px;font-weight:600">{low:.3g} – {high:.3g} raw '
+            f'<span style="color:grey;font-weight:400">({share}, {len(examples)} examples)</span></div>'
+        )
+        parts.append(examples_html(examples, record.max))
+    return "".join(parts)

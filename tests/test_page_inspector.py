@@ -1,0 +1,185 @@
+"""The Prompt inspector and Walkthrough pages on the tiny workspace: they render, list a token's latents,
+send latents to the playground, generate on one click, and answer bad input with a message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from explorer.data import builtin_prompts
+from explorer.inspect import PromptInspection
+from explorer.ui.state import DEMO_ENV, INSPECT_PROMPT, MODEL_ENV, STEER_CLAMPS
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPT = "How do I bake bread at home?"
+
+
+def _app(monkeypatch: pytest.MonkeyPatch, cache: Path, model_dir: Path, *, demo: bool = False) -> AppTest:
+    monkeypatch.setenv("EXPLORER_CACHE_DIR", str(cache))
+    monkeypatch.setenv(MODEL_ENV, str(model_dir))
+    monkeypatch.setenv(DEMO_ENV, "1" if demo else "0")
+    monkeypatch.chdir(ROOT)
+    return AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+
+
+def _inspector(app: AppTest, prompt: str | None = None) -> AppTest:
+    app.run()
+    if prompt is not None:
+        app.session_state[INSPECT_PROMPT] = prompt
+    app.switch_page("pages/inspector.py")
+    return app.run()
+
+
+def _inspection(app: AppTest) -> PromptInspection:
+    return app.session_state["inspector_result"][1]
+
+
+def _listed(app: AppTest) -> list[int]:
+    """The latents listed under the selected token (from their steer buttons, in order)."""
+    keys = [b.key or "" for b in app.button]
+    return [int(k.rsplit("_", 1)[1]) for k in keys if k.startswith("inspector_steer_")]
+
+
+def test_inspector_without_a_prompt_asks_for_one(
+    monkeypatch: pytest.MonkeyPatch, app_cache: Path, tiny_dir: Path
+) -> None:
+    app = _inspector(_app(monkeypatch, app_cache, tiny_dir))
+    assert not app.exception
+    assert any("Type a prompt" in i.value for i in app.info)
+    assert not app.get("plotly_chart")
+    app.text_area(key="inspector_prompt_input").input("   ").run()
+    assert not app.exception
+    assert any("Type a prompt" in i.value for i in app.info)
+    assert not app.error
+
+
+def test_inspector_lists_the_selected_tokens_latents(
+    monkeypatch: pytest.MonkeyPatch, app_cache: Path, tiny_dir: Path
+) -> None:
+    app = _inspector(_app(monkeypatch, app_cache, tiny_dir), PROMPT)
+    assert not app.exception
+    assert len(app.get("plotly_chart")) == 1
+    inspection = _inspection(app)
+    assert "".join(inspection.tokens).count(PROMPT) == 1
+    n = len(inspection.tokens)
+    assert app.selectbox(key="inspector_token").value == n - 1
+    assert _listed(app) == inspection.top[n - 1].latents
+    other = next(
+        i
+        for i in range(1, n)
+        if inspection.top[i].latents and inspection.top[i].latents != inspection.top[n - 1].latents
+    )
+    app.selectbox(key="inspector_token").set_value(other).run()
+    assert not app.exception
+    assert _listed(app) == inspection.top[other].latents
+    assert any(f"`#{inspection.top[other].latents[0]}`" in m.value for m in app.markdown)
+    assert _inspection(app) is inspection  # a rerun reuses the stored inspection
+
+
+def test_steer_adds_the_latent_to_the_playground(
+    monkeypatch: pytest.MonkeyPatch, app_cache: Path, tiny_dir: Path
+) -> None:
+    app = _inspector(_app(monkeypatch, app_cache, tiny_dir), PROMPT)
+    hook = app.selectbox(key="inspector_sae").value
+    latent = _listed(app)[0]
+    app.button(key=f"inspector_steer_{latent}").click().run()
+    assert not app.exception
+    assert app.session_state[STEER_CLAMPS] == [
+        {"hook": hook, "latent": latent, "mode": "set", "value": 1.0, "units": "max"}
+    ]
+    assert any(f"Latent {latent} added" in s.value for s in app.success)
+    app.button(key=f"inspector_steer_{latent}").click().run()
+    assert len(app.session_state[STEER_CLAMPS]) == 1
+    assert any("already" in i.value for i in app.info)
+
+
+def test_inspector_follows_the_chosen_sae_and_every_layer(
+    monkeypatch: pytest.MonkeyPatch, app_cache: Path, tiny_dir: Path
+) -> None:
+    app = _inspector(_app(monkeypatch, app_cache, tiny_dir), PROMPT)
+    box = app.selectbox(key="inspector_sae")
+    other = next(h for h in box.options if "(main)" not in h)
+    box.set_value(other).run()
+    assert not app.exception
+    assert _inspection(app).hook == other
+    assert app.session_state["sae_hook"] == other
+    app.toggle[0].set_value(True).run()
+    assert not app.exception
+    assert len(_inspection(app).layer_projections) == 5  # every resid_pre and the last resid_post
+    assert len(app.get("plotly_chart")) == 2
+
+
+def test_a_prompt_over_the_context_is_an_error_that_keeps_the_prompt(
+    monkeypatch: pytest.MonkeyPatch, app_cache: Path, tiny_dir: Path
+) -> None:
+    long = "owl " * 300
+    app = _inspector(_app(monkeypatch, app_cache, tiny_dir), long)
+    assert not app.exception
+    assert any("exceeds the model's context of 256" in e.value for e in app.error)
+    assert app.text_area(key="inspector_prompt_input").value == long
+    assert app.session_state[INSPECT_PROMPT] == long
+
+
+def test_without_saes_or_direction_the_pages_say_what_to_build(
+    monkeypatch: pytest.MonkeyPatch, tiny_dir: Path, tmp_path: Path
+) -> None:
+    app = _inspector(_app(monkeypatch, tmp_path, tiny_dir), PROMPT)
+    assert not app.exception
+    assert any("No SAEs for this model" in i.value for i in app.info)
+    assert any("nothing to inspect" in e.value for e in app.error)
+    demo = _app(monkeypatch, tmp_path, tiny_dir, demo=True).run()
+    assert not demo.exception
+    assert demo.header[0].value == "1 · The refusal direction"
+    assert any("no refusal direction yet" in i.value for i in demo.info)
+    assert any("No SAEs for this model yet: run `make build`" in i.value for i in demo.info)
+    assert not demo.button  # nothing to generate with
+
+
+def test_walkthrough_renders_without_generating(
+    monkeypatch: pytest.MonkeyPatch, app_cache: Path, tiny_dir: Path
+) -> None:
+    app = _app(monkeypatch, app_cache, tiny_dir, demo=True).run()
+    assert not app.exception
+    assert len(app.header) == 5
+    table = app.dataframe[0].value
+    assert len(table) == 6
+    assert list(table["refusal cosine"]) == sorted(table["refusal cosine"], reverse=True)
+    assert [b.label for b in app.button][:6] == [f"Open #{i}" for i in table["latent"]]
+    assert app.session_state["demo_results"] == {}
+
+
+def test_walkthrough_induce_refusal_shows_both_columns(
+    monkeypatch: pytest.MonkeyPatch, app_cache: Path, tiny_dir: Path
+) -> None:
+    app = _app(monkeypatch, app_cache, tiny_dir, demo=True).run()
+    app.number_input(key="demo_new_tokens").set_value(2)
+    next(b for b in app.button if b.label == "Induce refusal").click().run()
+    assert not app.exception
+    asked, result = app.session_state["demo_results"]["induce"]
+    assert asked == builtin_prompts("harmless", "test")[0].text
+    assert any(c.value == f"Prompt: {asked}" for c in app.caption)
+    assert len(result.default.token_ids) <= 2 and len(result.steered.token_ids) <= 2
+    titles = [m.value for m in app.markdown if m.value.startswith("**")]
+    assert "**Default**" in titles and "**Steered: latents set to 4 × max**" in titles
+    assert sum(c.value.startswith(("✋", "✅")) for c in app.caption) == 2
+    assert result.spec["clamps"][0]["value"] == 4.0
+    app.run()
+    assert app.session_state["demo_results"]["induce"][1] is result  # a rerun does not regenerate
+
+
+def test_walkthrough_jailbreak_shows_direction_and_latent_columns(
+    monkeypatch: pytest.MonkeyPatch, app_cache: Path, tiny_dir: Path
+) -> None:
+    app = _app(monkeypatch, app_cache, tiny_dir, demo=True).run()
+    app.number_input(key="demo_new_tokens").set_value(2)
+    next(b for b in app.button if b.label == "Jailbreak").click().run()
+    assert not app.exception
+    asked, broken = app.session_state["demo_results"]["jailbreak"]
+    assert asked == builtin_prompts("harmful", "test")[0].text
+    assert broken["ablated"].spec["direction"] == {"kind": "ablate", "alpha": 1.0}
+    assert {c["value"] for c in broken["flipped"].spec["clamps"]} == {-3.0}
+    titles = [m.value for m in app.markdown if m.value.startswith("**")]
+    assert {"**Default**", "**Refusal direction ablated**", "**Latents × -3**"} <= set(titles)
+    assert sum(c.value.startswith(("✋", "✅")) for c in app.caption) == 3

@@ -1,0 +1,270 @@
+"""The Steering playground and Evaluate pages on the tiny workspace: generation fills both columns, share
+links restore the setup exactly, bad links and bad specs are errors (nothing runs), and sweeps plot."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from explorer.generation import SamplingConfig
+from explorer.paths import CACHE_ENV
+from explorer.share import PlaygroundSetup, decode_setup, encode_setup, preset_json
+from explorer.side_by_side import decode, generate_side_by_side
+from explorer.steering import Clamp, SteeringSpec
+from explorer.ui.state import (
+    CHAT_HISTORY,
+    EVAL_RESULT,
+    LAST_RESULT,
+    MODEL_ENV,
+    Q_SPEC,
+    STEER_CLAMPS,
+    STEER_SAMPLING,
+)
+from explorer.workspace import Workspace, load_workspace
+
+ROOT = Path(__file__).resolve().parents[1]
+STEERING, EVALUATE = "pages/steering.py", "pages/evaluate.py"
+PROMPT = "Tell me about owls."
+# Sampled (not greedy) so the tiny model's replies are visible words, not newlines.
+SAMPLING = SamplingConfig(max_new_tokens=6, temperature=1.0, seed=3)
+
+Open = Callable[..., AppTest]
+
+
+@pytest.fixture(scope="module")
+def workspace(app_cache: Path, tiny_dir: Path) -> Iterator[Workspace]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(CACHE_ENV, str(app_cache))
+        yield load_workspace(str(tiny_dir))
+
+
+@pytest.fixture
+def open_page(monkeypatch: pytest.MonkeyPatch, tiny_dir: Path, app_cache: Path) -> Open:
+    """Open a page of the app on the tiny workspace (or on `cache`), with session state pre-set."""
+
+    def run(
+        page: str, cache: Path = app_cache, query: dict[str, str] | None = None, **state: object
+    ) -> AppTest:
+        monkeypatch.setenv(MODEL_ENV, str(tiny_dir))
+        monkeypatch.setenv(CACHE_ENV, str(cache))
+        monkeypatch.chdir(ROOT)
+        app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+        app.switch_page(page)
+        for key, value in state.items():
+            app.session_state[key] = value
+        for key, value in (query or {}).items():
+            app.query_params[key] = value
+        return app.run()
+
+    return run
+
+
+def _clamp(workspace: Workspace, latent: int = 3, value: float = 100.0) -> dict[str, object]:
+    assert workspace.main is not None
+    return asdict(Clamp(workspace.main, latent, "set", value))
+
+
+def _texts(app: AppTest) -> list[str]:
+    return [m.value for m in app.markdown]
+
+
+def _errors(app: AppTest) -> str:
+    return " ".join(e.value for e in app.error)
+
+
+@pytest.mark.parametrize("page", [STEERING, EVALUATE])
+def test_pages_without_saes_or_direction_explain_what_to_build(
+    open_page: Open, tmp_path: Path, page: str
+) -> None:
+    app = open_page(page, cache=tmp_path)
+    assert not app.exception
+    assert any("make build" in i.value for i in app.info)
+    if page == STEERING:  # still usable: an unsteered side-by-side runs
+        app.text_area[0].set_value(PROMPT)
+        app.button(key="steer_generate").click().run()
+        assert not app.exception and LAST_RESULT in app.session_state
+
+
+def test_evaluate_runs_with_nothing_run_yet(open_page: Open) -> None:
+    app = open_page(EVALUATE)
+    assert not app.exception and not app.error
+    assert any("Run a sweep" in i.value for i in app.info)
+
+
+def test_latents_are_added_by_hook_and_number_and_removed(open_page: Open, workspace: Workspace) -> None:
+    app = open_page(STEERING)
+    assert not app.exception and not app.error
+    assert any("No latents picked" in c.value for c in app.caption)
+    app.number_input(key=f"steer_add_latent_{workspace.main}").set_value(7)
+    app.button(key="steer_add").click().run()
+    assert not app.exception and not app.error
+    assert app.session_state[STEER_CLAMPS] == [asdict(Clamp(str(workspace.main), 7, "set", 1.0, "max"))]
+    assert [s.value for s in app.slider if "× the latent's max" in s.label] == [1.0]
+    app.button(key=f"steer_remove_0_{workspace.main}:7").click().run()
+    assert not app.exception and app.session_state[STEER_CLAMPS] == []
+
+
+def test_generate_fills_both_columns_and_the_default_is_the_unsteered_reply(
+    open_page: Open, workspace: Workspace
+) -> None:
+    clamp = _clamp(workspace)
+    app = open_page(
+        STEERING, **{STEER_CLAMPS: [clamp], STEER_SAMPLING: SAMPLING.to_dict(), "steer_prompt": PROMPT}
+    )
+    assert LAST_RESULT not in app.session_state
+    app.button(key="steer_generate").click().run()
+    assert not app.exception and not app.error
+    result = app.session_state[LAST_RESULT]
+    (plain,) = decode(workspace.steerer(), [PROMPT], sampling=SAMPLING)
+    assert result["default"]["token_ids"] == plain.token_ids
+    assert result["default"]["text"] == plain.text
+    assert result["steered"]["token_ids"] != plain.token_ids, "the clamp must change the steered column"
+    shown = _texts(app)
+    for column in ("default", "steered"):
+        assert result[column]["text"].strip() in shown
+    assert sum("**Verdict:**" in m for m in shown) == 2
+    assert any("Evidence:" in c.value for c in app.caption)
+    assert len(app.get("plotly_chart")) == 2  # one per-token strip per column
+    assert result["latent_labels"] == [f"{clamp['hook']}:{clamp['latent']}"]
+
+
+def test_a_share_link_restores_the_setup_and_reproduces_the_run(
+    open_page: Open, workspace: Workspace
+) -> None:
+    assert workspace.main is not None
+    other = next(h for h in sorted(workspace.saes) if h != workspace.main)
+    spec = SteeringSpec(
+        (Clamp(workspace.main, 5, "multiply", -3.0), Clamp(other, 7, "add", 2.5, "max")), scope="generated"
+    )
+    sampling = SamplingConfig(
+        max_new_tokens=5, temperature=0.7, top_p=0.9, repetition_penalty=1.2, seed=11, frequency_penalty=0.3
+    )
+    chat = ({"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."})
+    setup = PlaygroundSetup(spec, sampling, "How do owls hunt?", chat)
+    app = open_page(STEERING, query={Q_SPEC: encode_setup(setup)})
+    assert not app.exception and not app.error
+    assert any("Restored the shared" in i.value for i in app.info)
+    assert app.session_state[STEER_CLAMPS] == [asdict(c) for c in spec.clamps]
+    assert app.session_state[STEER_SAMPLING] == sampling.to_dict()
+    assert app.text_area[0].value == "How do owls hunt?"
+    assert {-3.0, 2.5} <= {s.value for s in app.slider}
+    assert any(m == "Hello there." for m in _texts(app))  # the earlier turn is shown
+    written = decode_setup(app.query_params[Q_SPEC])  # the page keeps the link in the URL
+    assert written == setup
+    app.button(key="steer_generate").click().run()
+    assert not app.exception and not app.error
+    expected = generate_side_by_side(
+        workspace.steerer(), [*chat, {"role": "user", "content": setup.prompt}], spec, sampling
+    )
+    result = app.session_state[LAST_RESULT]
+    assert result["steered"]["token_ids"] == expected.steered.token_ids
+    assert result["default"]["token_ids"] == expected.default.token_ids
+
+
+@pytest.mark.parametrize(
+    ("link", "message"),
+    [
+        ("%%%-not-a-link", "not URL-safe base64"),
+        ("e30", "has no 'version'"),  # "{}"
+        (encode_setup(PlaygroundSetup()).replace("dmVyc2lvbiI6MX0", "dmVyc2lvbiI6OX0"), "newer"),
+    ],
+)
+def test_a_corrupt_share_link_is_an_error_and_the_page_stays_usable(
+    open_page: Open, workspace: Workspace, link: str, message: str
+) -> None:
+    app = open_page(STEERING, query={Q_SPEC: link}, **{STEER_CLAMPS: [_clamp(workspace)]})
+    assert not app.exception
+    assert "share link could not be read" in _errors(app) and message in _errors(app)
+    assert app.session_state[STEER_CLAMPS] == [_clamp(workspace)]  # the user's setup is kept
+    app.text_area[0].set_value(PROMPT)
+    app.button(key="steer_generate").click().run()
+    assert not app.exception and LAST_RESULT in app.session_state
+
+
+@pytest.mark.parametrize("case", ["latent out of range", "NaN value"])
+def test_a_spec_that_fails_validation_is_an_error_and_nothing_runs(
+    open_page: Open, workspace: Workspace, case: str
+) -> None:
+    if case == "latent out of range":
+        spec = SteeringSpec((Clamp(str(workspace.main), 999, "set", 1.0),))
+        app = open_page(STEERING, query={Q_SPEC: encode_setup(PlaygroundSetup(spec, SAMPLING, PROMPT))})
+        expected = "has latents 0..63"
+    else:
+        app = open_page(STEERING, **{STEER_CLAMPS: [{**_clamp(workspace), "value": math.nan}]})
+        expected = "must be a finite number"
+    assert not app.exception
+    assert "cannot run" in _errors(app) and expected in _errors(app)
+    app.text_area[0].set_value(PROMPT)
+    app.button(key="steer_generate").click().run()
+    assert not app.exception
+    assert "Nothing was generated" in _errors(app)
+    assert LAST_RESULT not in app.session_state
+
+
+def test_chat_continues_from_the_steered_reply_and_clears(open_page: Open, workspace: Workspace) -> None:
+    app = open_page(
+        STEERING,
+        **{STEER_CLAMPS: [_clamp(workspace)], STEER_SAMPLING: SAMPLING.to_dict(), "steer_prompt": PROMPT},
+    )
+    app.button(key="steer_generate").click().run()
+    steered = app.session_state[LAST_RESULT]["steered"]["text"]
+    app.button(key="steer_continue").click().run()
+    assert not app.exception
+    assert app.session_state[CHAT_HISTORY] == [
+        {"role": "user", "content": PROMPT},
+        {"role": "assistant", "content": steered},
+    ]
+    assert app.text_area[0].value == "" and app.text_area[0].label == "Next message"
+    app.button(key="steer_clear_chat").click().run()
+    assert not app.exception and app.session_state[CHAT_HISTORY] == []
+
+
+def test_presets_load_from_pasted_json_and_bad_ones_are_errors(open_page: Open, workspace: Workspace) -> None:
+    spec = SteeringSpec((Clamp(str(workspace.main), 9, "add", -2.0, "max"),))
+    app = open_page(STEERING)
+    app.text_area(key="steer_preset_text").set_value("{broken").run()
+    app.button(key="steer_preset_load").click().run()
+    assert not app.exception and "Could not load the preset" in _errors(app)
+    app.text_area(key="steer_preset_text").set_value(preset_json(spec, SAMPLING)).run()
+    app.button(key="steer_preset_load").click().run()
+    assert not app.exception and not app.error
+    assert app.session_state[STEER_CLAMPS] == [asdict(c) for c in spec.clamps]
+    assert app.session_state[STEER_SAMPLING] == SAMPLING.to_dict()
+    assert [d.label for d in app.download_button] == ["Save preset (JSON)"]
+
+
+def _sweep_app(open_page: Open, strengths: str) -> AppTest:
+    app = open_page(EVALUATE)
+    app.text_input(key="eval_strengths_set").set_value(strengths)
+    app.number_input(key="eval_n").set_value(2)
+    app.number_input(key="eval_tokens").set_value(3)
+    app.number_input(key="eval_loss_rows").set_value(2)
+    return app.button(key="eval_run").click().run()
+
+
+def test_evaluate_runs_a_sweep_and_keeps_the_result(open_page: Open) -> None:
+    app = _sweep_app(open_page, "1, 4")
+    assert not app.exception and not app.error
+    result = app.session_state[EVAL_RESULT]
+    assert [p.label for p in result["points"]] == ["unsteered", "set 1×max", "set 4×max"]
+    assert all(p.n_harmful == 2 and p.n_harmless == 2 for p in result["points"])
+    assert len(result["latents"]) == 3  # top 3 by refusal cosine
+    assert len(app.get("plotly_chart")) == 1
+    assert list(app.dataframe[0].value["setting"]) == ["unsteered", "set 1×max", "set 4×max"]
+    assert "CE increase (nats)" in app.dataframe[0].value.columns
+    assert [d.label for d in app.download_button] == ["Download CSV", "Download JSON"]
+    app.run()  # a rerun shows the kept result without recomputing it
+    assert app.session_state[EVAL_RESULT] is result
+    assert len(app.get("plotly_chart")) == 1
+
+
+def test_evaluate_rejects_bad_strengths_and_runs_nothing(open_page: Open) -> None:
+    app = _sweep_app(open_page, "1, lots")
+    assert not app.exception
+    assert "'lots' is not a number" in _errors(app)
+    assert EVAL_RESULT not in app.session_state
