@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 # The CPU wheel of torch 2.13.0 is on local disk here; GPU users: make TORCH_SPEC=torch (or their CUDA build).
 TORCH_SPEC ?= torch==2.13.0
 PORT ?= 8501
+# 1 opens the app on the curated walkthrough (`make demo` does); 0 on the overview.
+DEMO ?= 0
 STAMP := $(VENV)/.installed
 
 .PHONY: venv demo build app test lint format typecheck pytest bench clean
@@ -23,9 +25,10 @@ build: venv
 	$(BIN)/explorer build
 
 app: venv
-	$(BIN)/streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT) --server.headless true
+	EXPLORER_DEMO=$(DEMO) $(BIN)/streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT) --server.headless true
 
-demo: build app
+demo: build
+	$(MAKE) app DEMO=1
 
 lint: venv
 	$(BIN)/ruff check .
