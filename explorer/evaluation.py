@@ -32,7 +32,8 @@ from explorer.generation import SamplingConfig
 from explorer.hooks import intervene
 from explorer.judge import refusal_rate
 from explorer.side_by_side import Steerer, decode_many
-from explorer.steering import Clamp, DirectionBaseline, SteeringSpec, StepState, Units, steering_hooks
+from explorer.steering import Clamp, DirectionBaseline, SteeringSpec, Units
+from explorer.steering_hooks import StepState
 
 SweepKind = Literal["set", "multiply", "add", "direction-add", "direction-ablate"]
 
@@ -175,15 +176,7 @@ def capability_cost(
         scored = (positions >= n_prompt[:, None] - 1) & (positions < lengths[:, None] - 1)
         clean = loaded.model(input_ids=ids, attention_mask=attention, use_cache=False).logits.float()  # pyright: ignore[reportCallIssue]
         state = _state_for(spec, real, n_prompt)
-        hooks = steering_hooks(
-            spec,
-            steerer.saes,
-            state,
-            loaded.n_layers,
-            max_activations=steerer.max_activations,
-            refusal=steerer.refusal,
-            record=False,
-        )
+        hooks = steerer.hooks(spec, state, record=False)
         with intervene(loaded.model, hooks):
             steered = loaded.model(input_ids=ids, attention_mask=attention, use_cache=False).logits.float()  # pyright: ignore[reportCallIssue]
         targets = ids[:, 1:]
@@ -213,10 +206,7 @@ def mc_accuracy(steerer: Steerer, spec: SteeringSpec, items: Sequence[MCItem]) -
             ids = torch.tensor([list(prompt_ids) + list(choice_ids)])  # pyright: ignore[reportArgumentType]
             real = torch.arange(ids.shape[1])[None, :] > 0
             state = _state_for(spec, real, torch.tensor([len(prompt_ids)]))  # pyright: ignore[reportArgumentType]
-            hooks = steering_hooks(
-                spec, steerer.saes, state, loaded.n_layers, max_activations=steerer.max_activations,
-                refusal=steerer.refusal, record=False,
-            )  # fmt: skip
+            hooks = steerer.hooks(spec, state, record=False)
             with intervene(loaded.model, hooks):
                 logits = loaded.model(input_ids=ids, use_cache=False).logits[0].float()  # pyright: ignore[reportCallIssue]
             n = len(prompt_ids)  # pyright: ignore[reportArgumentType]

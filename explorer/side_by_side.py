@@ -20,12 +20,13 @@ import torch
 from tqdm.auto import tqdm
 
 from explorer.generation import Conversation, SamplingConfig, encode_chats
-from explorer.hooks import intervene
+from explorer.hooks import HookFn, intervene
 from explorer.judge import Judge, SubstringJudge
 from explorer.models import LoadedModel
 from explorer.refusal_build import RefusalDirection
 from explorer.sae import LoadedSAE
-from explorer.steering import Scope, SteeringSpec, StepState, steering_hooks
+from explorer.steering import Scope, SteeringSpec
+from explorer.steering_hooks import StepState, steering_hooks
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,18 @@ class Steerer:
     refusal: RefusalDirection | None = None
     max_activations: Mapping[str, torch.Tensor] | None = None
     judge: Judge = field(default_factory=SubstringJudge)
+
+    def hooks(self, spec: SteeringSpec, state: StepState, *, record: bool) -> dict[str, HookFn]:
+        """The hooks applying `spec` with this steerer's SAEs, maxima and direction (validated first)."""
+        return steering_hooks(
+            spec,
+            self.saes,
+            state,
+            self.loaded.n_layers,
+            max_activations=self.max_activations,
+            refusal=self.refusal,
+            record=record,
+        )
 
 
 @dataclass(frozen=True)
@@ -172,15 +185,7 @@ def decode(
     state = StepState()
     hooks = {}
     if not spec.is_empty or (record and steerer.refusal is not None):
-        hooks = steering_hooks(
-            spec,
-            steerer.saes,
-            state,
-            loaded.n_layers,
-            max_activations=steerer.max_activations,
-            refusal=steerer.refusal,
-            record=record,
-        )
+        hooks = steerer.hooks(spec, state, record=record)
     attention = batch["attention_mask"].cpu()
     first = attention.long().argmax(-1)
     real = attention.bool() & (torch.arange(width)[None, :] > first[:, None])

@@ -21,12 +21,11 @@ from explorer.steering import (
     DirectionBaseline,
     SteeringError,
     SteeringSpec,
-    StepState,
     Trigger,
     parse_clamp,
-    steering_hooks,
     validate,
 )
+from explorer.steering_hooks import StepState, steering_hooks
 from tests.helpers import tiny_sae
 
 HOOK = "blocks.2.hook_resid_pre"
