@@ -11,7 +11,7 @@ from explorer.inspect import latent_summaries, top_refusal_latents
 from explorer.side_by_side import Reply, SideBySide, generate_side_by_side
 from explorer.steering import Clamp, DirectionBaseline, SteeringSpec
 from explorer.ui.loaders import refusal_records, workspace_or_stop
-from explorer.ui.state import open_latent
+from explorer.ui.state import DEMO_RESULTS, DEMO_TOKENS_WIDGET, open_latent
 
 N_TABLE = 6  # latents listed in the table
 N_CLAMPED = 3  # top latents the one-click demos steer
@@ -19,8 +19,6 @@ INDUCE_FACTOR = 4.0  # induce refusal: the latents are set to this multiple of t
 JAILBREAK_FACTOR = -3.0  # jailbreak: the latents are multiplied by this
 NEW_TOKENS = 48
 N_PROMPTS = 3
-_RESULTS = "demo_results"  # session key: (prompt, result) per demo, so reruns never regenerate
-_TOKENS = "demo_new_tokens"
 
 
 def _rate(value: Any) -> str:
@@ -48,7 +46,7 @@ st.caption(
     "happens when those latents are steered. Each generation runs only when you click its button."
 )
 workspace = workspace_or_stop()
-results: dict[str, Any] = st.session_state.setdefault(_RESULTS, {})
+results: dict[str, Any] = st.session_state.setdefault(DEMO_RESULTS, {})
 
 st.header("1 · The refusal direction")
 metrics = workspace.loaded.provenance.get("metrics")
@@ -125,7 +123,9 @@ else:
                 st.switch_page("pages/latent_detail.py")
 clamped = top[:N_CLAMPED]
 new_tokens = int(
-    st.number_input("Tokens to generate", 1, 256, NEW_TOKENS, key=_TOKENS, help="for steps 3 and 4")
+    st.number_input(
+        "Tokens to generate", 1, 256, NEW_TOKENS, key=DEMO_TOKENS_WIDGET, help="for steps 3 and 4"
+    )
 )
 sampling = SamplingConfig(max_new_tokens=new_tokens)
 

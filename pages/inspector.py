@@ -6,15 +6,20 @@ from explorer.cache_reader import CacheError
 from explorer.inspect import PromptInspection, inspect_prompt, latent_summaries
 from explorer.ui.charts_inspect import layer_projections, token_label, token_strip
 from explorer.ui.loaders import workspace_or_stop
-from explorer.ui.state import INSPECT_PROMPT, SAE_HOOK, add_to_steering, open_latent
+from explorer.ui.state import (
+    INSPECT_CLICKED,
+    INSPECT_PROMPT,
+    INSPECT_PROMPT_WIDGET,
+    INSPECT_RESULT,
+    INSPECT_SAE_WIDGET,
+    INSPECT_TOKEN_WIDGET,
+    SAE_HOOK,
+    add_to_steering,
+    open_latent,
+)
 
-# Page-local widget keys: widget state is dropped when the page is left, so the shared keys
-# (INSPECT_PROMPT, SAE_HOOK) seed these on every visit.
-_PROMPT = "inspector_prompt_input"
-_SAE = "inspector_sae"
-_TOKEN = "inspector_token"
-_CLICKED = "inspector_clicked"
-_RESULT = "inspector_result"
+# Widget state is dropped when the page is left, so the shared keys (INSPECT_PROMPT, SAE_HOOK) seed the
+# widgets' keys on every visit.
 
 st.title("Prompt inspector")
 st.caption(
@@ -24,20 +29,23 @@ st.caption(
 )
 workspace = workspace_or_stop()
 
-if _PROMPT not in st.session_state:
-    st.session_state[_PROMPT] = st.session_state.get(INSPECT_PROMPT, "")
-prompt = st.text_area("Prompt", key=_PROMPT, height=110, placeholder="How do I pick a lock?")
+if INSPECT_PROMPT_WIDGET not in st.session_state:
+    st.session_state[INSPECT_PROMPT_WIDGET] = st.session_state.get(INSPECT_PROMPT, "")
+prompt = st.text_area("Prompt", key=INSPECT_PROMPT_WIDGET, height=110, placeholder="How do I pick a lock?")
 st.session_state[INSPECT_PROMPT] = prompt
 
 hooks = list(workspace.saes)
 left, middle, right = st.columns([3, 2, 2])
 hook = None
 if hooks:
-    if st.session_state.get(_SAE) not in hooks:
+    if st.session_state.get(INSPECT_SAE_WIDGET) not in hooks:
         wanted = st.session_state.get(SAE_HOOK)
-        st.session_state[_SAE] = wanted if wanted in hooks else (workspace.main or hooks[0])
+        st.session_state[INSPECT_SAE_WIDGET] = wanted if wanted in hooks else (workspace.main or hooks[0])
     hook = left.selectbox(
-        "SAE", hooks, key=_SAE, format_func=lambda h: f"{h} (main)" if h == workspace.main else h
+        "SAE",
+        hooks,
+        key=INSPECT_SAE_WIDGET,
+        format_func=lambda h: f"{h} (main)" if h == workspace.main else h,
     )
     st.session_state[SAE_HOOK] = hook
 else:
@@ -54,7 +62,7 @@ if not prompt.strip():
     st.stop()
 
 request = (workspace.loaded.name, prompt, hook, every_layer)
-stored = st.session_state.get(_RESULT)
+stored = st.session_state.get(INSPECT_RESULT)
 if stored is not None and stored[0] == request:
     inspection: PromptInspection = stored[1]
 else:
@@ -63,7 +71,7 @@ else:
     except ValueError as e:  # DataError (empty, too long), InspectError
         st.error(f"Cannot inspect this prompt: {e}")
         st.stop()
-    st.session_state[_RESULT] = (request, inspection)
+    st.session_state[INSPECT_RESULT] = (request, inspection)
 
 n = len(inspection.tokens)
 if inspection.refusal_location is None:
@@ -83,12 +91,14 @@ if every_layer and inspection.layer_projections:
 points = event.selection.points if event is not None else []
 clicked = points[0].get("x") if points else None
 clicked = int(clicked) if isinstance(clicked, (int, float)) and float(clicked).is_integer() else None
-if clicked is not None and 0 <= clicked < n and st.session_state.get(_CLICKED) != (request, clicked):
-    st.session_state[_CLICKED] = (request, clicked)
-    st.session_state[_TOKEN] = clicked
-if st.session_state.get(_TOKEN) not in range(n):
-    st.session_state[_TOKEN] = n - 1
-index = st.selectbox("Token", list(range(n)), key=_TOKEN, format_func=lambda i: token_label(inspection, i))
+if clicked is not None and 0 <= clicked < n and st.session_state.get(INSPECT_CLICKED) != (request, clicked):
+    st.session_state[INSPECT_CLICKED] = (request, clicked)
+    st.session_state[INSPECT_TOKEN_WIDGET] = clicked
+if st.session_state.get(INSPECT_TOKEN_WIDGET) not in range(n):
+    st.session_state[INSPECT_TOKEN_WIDGET] = n - 1
+index = st.selectbox(
+    "Token", list(range(n)), key=INSPECT_TOKEN_WIDGET, format_func=lambda i: token_label(inspection, i)
+)
 
 facts = [f"token id {inspection.token_ids[index]}"]
 if inspection.refusal_projection is not None:

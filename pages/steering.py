@@ -32,6 +32,8 @@ from explorer.ui.state import (
     Q_SPEC,
     STEER_CLAMPS,
     STEER_DIRECTION,
+    STEER_GENERATION,
+    STEER_LINK,
     STEER_PROMPT,
     STEER_SAMPLING,
     STEER_SCOPE,
@@ -41,9 +43,6 @@ from explorer.ui.state import (
 )
 from explorer.workspace import Workspace
 
-# Session keys of this page (comments, not docstrings: Streamlit's magic would render those).
-_GEN = "_steer_gen"  # bumped when the setup is replaced wholesale, so every widget re-reads it
-_LINK = "_steer_link"  # the `spec` query value last applied or written; any other is a new share link
 MODES = ("set", "multiply", "add")
 DEFAULT_VALUE = {"set": 1.0, "multiply": 0.0, "add": 1.0}
 SCOPES = {"all": "whole sequence", "prompt": "prompt only", "generated": "generated tokens only"}
@@ -57,7 +56,7 @@ DIRECTIONS = {"none": "none", "ablate": "ablate (every layer)", "add": "add (at 
 
 
 def _key(name: str) -> str:
-    return f"steer{st.session_state.get(_GEN, 0)}_{name}"
+    return f"steer{st.session_state.get(STEER_GENERATION, 0)}_{name}"
 
 
 def _replace(setup: PlaygroundSetup) -> None:
@@ -71,15 +70,15 @@ def _replace(setup: PlaygroundSetup) -> None:
     st.session_state[CHAT_HISTORY] = [dict(m) for m in setup.chat]
     st.session_state[STEER_PROMPT] = setup.prompt
     st.session_state.pop(LAST_RESULT, None)
-    st.session_state[_GEN] = st.session_state.get(_GEN, 0) + 1
+    st.session_state[STEER_GENERATION] = st.session_state.get(STEER_GENERATION, 0) + 1
 
 
 def _restore_from_link(ws: Workspace) -> None:
     """Apply a share link's setup once (an unreadable link leaves the current setup in place)."""
     value = st.query_params.get(Q_SPEC)
-    if not value or value == st.session_state.get(_LINK):
+    if not value or value == st.session_state.get(STEER_LINK):
         return
-    st.session_state[_LINK] = value
+    st.session_state[STEER_LINK] = value
     try:
         setup = decode_setup(value)
     except ShareError as e:
@@ -384,7 +383,7 @@ if spec is not None:
     link = encode_setup(PlaygroundSetup(spec, sampling, prompt, tuple(history)))
     if st.query_params.get(Q_SPEC) != link:
         st.query_params[Q_SPEC] = link
-    st.session_state[_LINK] = link
+    st.session_state[STEER_LINK] = link
     base = (st.context.url or "").split("?")[0]
     st.caption("The address bar holds this setup's share link (steering, sampling, chat and prompt):")
     st.code(f"{base}?{Q_SPEC}={link}", language=None, wrap_lines=True)

@@ -36,6 +36,22 @@ STEER_PROMPT = "steer_prompt"
 LAST_RESULT = "last_side_by_side"
 EVAL_RESULT = "eval_result"
 INSPECT_PROMPT = "inspect_prompt"
+INSPECT_RESULT = "inspector_result"
+"""The inspector's last (request, PromptInspection), so reruns do not run the model again."""
+INSPECT_CLICKED = "inspector_clicked"
+"""The (request, token) last clicked on the inspector's chart, so a click is applied once."""
+DEMO_RESULTS = "demo_results"
+"""The walkthrough's (prompt, result) per step, so reruns never regenerate."""
+STEER_GENERATION = "_steer_gen"
+"""Bumped when the playground's setup is replaced wholesale (link, preset), so every widget re-reads it."""
+STEER_LINK = "_steer_link"
+"""The `spec` query value the playground last applied or wrote; any other value is a new share link."""
+
+# Widget keys whose values other code sets (the rest of the pages' widget keys are local to them).
+INSPECT_PROMPT_WIDGET = "inspector_prompt_input"
+INSPECT_SAE_WIDGET = "inspector_sae"
+INSPECT_TOKEN_WIDGET = "inspector_token"
+DEMO_TOKENS_WIDGET = "demo_new_tokens"
 
 # Query parameters (share links).
 Q_SAE = "sae"
