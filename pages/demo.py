@@ -15,7 +15,9 @@ from explorer.ui.state import DEMO_RESULTS, DEMO_TOKENS_WIDGET, open_latent
 
 N_TABLE = 6  # latents listed in the table
 N_CLAMPED = 3  # top latents the one-click demos steer
-INDUCE_FACTOR = 4.0  # induce refusal: the latents are set to this multiple of their corpus max
+# Induce refusal: the top latents set to this multiple of their corpus max (`explorer eval` on the
+# default: 2x makes 92% of harmless test prompts refused, 4x breaks the model into nonsense).
+INDUCE_FACTOR = 2.0
 JAILBREAK_FACTOR = -3.0  # jailbreak: the latents are multiplied by this
 NEW_TOKENS = 48
 N_PROMPTS = 3
