@@ -164,7 +164,7 @@ def test_walkthrough_induce_refusal_shows_both_columns(
     titles = [m.value for m in app.markdown if m.value.startswith("**")]
     assert "**Default**" in titles and "**Steered: latents set to 2 × max**" in titles
     assert sum(c.value.startswith(("✋", "✅")) for c in app.caption) == 2
-    assert result.spec["clamps"][0]["value"] == 4.0
+    assert result.spec["clamps"][0]["value"] == 2.0
     app.run()
     assert app.session_state["demo_results"]["induce"][1] is result  # a rerun does not regenerate
 
