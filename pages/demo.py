@@ -16,8 +16,8 @@ from explorer.ui.state import DEMO_RESULTS, DEMO_TOKENS_WIDGET, open_latent
 N_TABLE = 6  # latents listed in the table
 N_CLAMPED = 3  # top latents the one-click demos steer
 # Induce refusal: the top latents set to this multiple of their corpus max (`explorer eval` on the
-# default: 2x makes 92% of harmless test prompts refused, 4x breaks the model into nonsense).
-INDUCE_FACTOR = 2.0
+# default's test split: 1x makes 96% of harmless prompts refused at +1.1 nats CE; 3x breaks the model).
+INDUCE_FACTOR = 1.0
 JAILBREAK_FACTOR = -3.0  # jailbreak: the latents are multiplied by this
 NEW_TOKENS = 48
 N_PROMPTS = 3

@@ -162,9 +162,9 @@ def test_walkthrough_induce_refusal_shows_both_columns(
     assert any(c.value == f"Prompt: {asked}" for c in app.caption)
     assert len(result.default.token_ids) <= 2 and len(result.steered.token_ids) <= 2
     titles = [m.value for m in app.markdown if m.value.startswith("**")]
-    assert "**Default**" in titles and "**Steered: latents set to 2 × max**" in titles
+    assert "**Default**" in titles and "**Steered: latents set to 1 × max**" in titles
     assert sum(c.value.startswith(("✋", "✅")) for c in app.caption) == 2
-    assert result.spec["clamps"][0]["value"] == 2.0
+    assert result.spec["clamps"][0]["value"] == 1.0
     app.run()
     assert app.session_state["demo_results"]["induce"][1] is result  # a rerun does not regenerate
 
