@@ -116,3 +116,33 @@ def identity_sae(d_in: int, hook: str = "blocks.2.hook_resid_pre", n_dead: int =
         sae.b_enc[2 * d_in :] = -1.0
         sae.b_dec.zero_()
     return sae.eval()
+
+
+def build_tiny_latent_cache(loaded: Any, root: Path, hook: str, config: Any) -> tuple[Any, Path, Any, Path]:
+    """A latent cache of a seeded 32-latent TopK SAE at `hook` over a tiny corpus (4 harmful test and 4
+    harmless train prompts plus general text), with a random refusal direction, built under `root`.
+
+    Returns:
+        (corpus, stored activations directory, the SAE, the cache directory).
+    """
+    from explorer.activations import collect
+    from explorer.corpus import CorpusConfig, build_corpus
+    from explorer.data import builtin_prompts
+    from explorer.latent_cache import build_latent_cache
+    from explorer.refusal_build import RefusalDirection
+    from explorer.sae import wrap_sae
+
+    prompts = builtin_prompts("harmful", "test")[:4] + builtin_prompts("harmless", "train")[:4]
+    corpus = build_corpus(
+        loaded,
+        CorpusConfig(seq_len=64, response_tokens=6, text_tokens=3000, batch_size=8),
+        prompts,
+        root / "corpus",
+    )
+    for part in ("train", "heldout"):
+        collect(loaded, corpus, [hook], root / "acts", part)  # pyright: ignore[reportArgumentType]
+    sae = wrap_sae(tiny_sae("topk", d_in=64, d_sae=32, hook=hook), "tiny", "tiny")
+    torch.manual_seed(0)
+    refusal = RefusalDirection(torch.randn(64), hook, 2, -1, torch.randn(5, 6, 64), {})
+    build_latent_cache(loaded, sae, corpus, root / "acts", refusal, config=config, directory=root / "cache")
+    return corpus, root / "acts", sae, root / "cache"

@@ -7,9 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
-from explorer.activations import collect
 from explorer.cache_export import (
     add_export_parser,
     export,
@@ -20,13 +18,9 @@ from explorer.cache_export import (
     snippet,
 )
 from explorer.cache_reader import CacheError, LatentCache
-from explorer.corpus import CorpusConfig, build_corpus
-from explorer.data import builtin_prompts
-from explorer.latent_cache import VOCAB_FILE, CacheConfig, build_latent_cache
+from explorer.latent_cache import VOCAB_FILE, CacheConfig
 from explorer.models import LoadedModel
-from explorer.refusal_build import RefusalDirection
-from explorer.sae import wrap_sae
-from tests.helpers import tiny_sae
+from tests.helpers import build_tiny_latent_cache
 
 HOOK = "blocks.2.hook_resid_pre"
 CONFIG = CacheConfig(k=4, samples_per_bin=6, n_intervals=8, examples_per_interval=5, batch_tokens=97)
@@ -36,21 +30,8 @@ D_SAE = 32
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory, tiny: LoadedModel) -> LatentCache:
     """A latent cache of a seeded 32-latent SAE over a tiny corpus (same recipe as test_latent_cache)."""
-    root = tmp_path_factory.mktemp("export-cache")
-    prompts = builtin_prompts("harmful", "test")[:4] + builtin_prompts("harmless", "train")[:4]
-    corpus = build_corpus(
-        tiny,
-        CorpusConfig(seq_len=64, response_tokens=6, text_tokens=3000, batch_size=8),
-        prompts,
-        root / "corpus",
-    )
-    for part in ("train", "heldout"):
-        collect(tiny, corpus, [HOOK], root / "acts", part)  # pyright: ignore[reportArgumentType]
-    sae = wrap_sae(tiny_sae("topk", d_in=64, d_sae=D_SAE, hook=HOOK), "tiny", "tiny")
-    torch.manual_seed(0)
-    refusal = RefusalDirection(torch.randn(64), HOOK, 2, -1, torch.randn(5, 6, 64), {})
-    build_latent_cache(tiny, sae, corpus, root / "acts", refusal, config=CONFIG, directory=root / "cache")
-    return LatentCache(root / "cache")
+    *_, directory = build_tiny_latent_cache(tiny, tmp_path_factory.mktemp("export-cache"), HOOK, CONFIG)
+    return LatentCache(directory)
 
 
 def _live_latent(cache: LatentCache) -> int:

@@ -8,15 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from explorer.activations import collect, load_activations
+from explorer.activations import load_activations
 from explorer.cache_reader import CacheError, LatentCache
-from explorer.corpus import Corpus, CorpusConfig, build_corpus
-from explorer.data import builtin_prompts
-from explorer.latent_cache import CacheConfig, build_latent_cache, cache_rows
+from explorer.corpus import Corpus, CorpusConfig
+from explorer.latent_cache import CacheConfig, cache_rows
 from explorer.models import LoadedModel
-from explorer.refusal_build import RefusalDirection
-from explorer.sae import LoadedSAE, wrap_sae
-from tests.helpers import tiny_sae
+from explorer.sae import LoadedSAE
+from tests.helpers import build_tiny_latent_cache
 
 HOOK = "blocks.2.hook_resid_pre"
 CONFIG = CacheConfig(k=4, samples_per_bin=6, n_intervals=8, examples_per_interval=5, batch_tokens=97)
@@ -26,21 +24,7 @@ CONFIG = CacheConfig(k=4, samples_per_bin=6, n_intervals=8, examples_per_interva
 def built(
     tmp_path_factory: pytest.TempPathFactory, tiny: LoadedModel
 ) -> tuple[Corpus, Path, LoadedSAE, Path]:
-    root = tmp_path_factory.mktemp("latent-cache")
-    prompts = builtin_prompts("harmful", "test")[:4] + builtin_prompts("harmless", "train")[:4]
-    corpus = build_corpus(
-        tiny,
-        CorpusConfig(seq_len=64, response_tokens=6, text_tokens=3000, batch_size=8),
-        prompts,
-        root / "corpus",
-    )
-    for part in ("train", "heldout"):
-        collect(tiny, corpus, [HOOK], root / "acts", part)  # pyright: ignore[reportArgumentType]
-    sae = wrap_sae(tiny_sae("topk", d_in=64, d_sae=32, hook=HOOK), "tiny", "tiny")
-    torch.manual_seed(0)
-    refusal = RefusalDirection(torch.randn(64), HOOK, 2, -1, torch.randn(5, 6, 64), {})
-    build_latent_cache(tiny, sae, corpus, root / "acts", refusal, config=CONFIG, directory=root / "cache")
-    return corpus, root / "acts", sae, root / "cache"
+    return build_tiny_latent_cache(tiny, tmp_path_factory.mktemp("latent-cache"), HOOK, CONFIG)
 
 
 def brute_force(
