@@ -30,7 +30,7 @@ from explorer.corpus import Corpus
 from explorer.data import DataError, Split, builtin_prompts, chat_messages, format_chat
 from explorer.generation import SamplingConfig
 from explorer.hooks import intervene
-from explorer.judge import refusal_rate
+from explorer.judge import Verdict, refusal_rate
 from explorer.side_by_side import Steerer, decode_many
 from explorer.steering import Clamp, DirectionBaseline, SteeringSpec, Units
 from explorer.steering_hooks import StepState
@@ -251,7 +251,7 @@ def evaluate(
             replies = decode_many(
                 steerer, prompts, spec, sampling, batch_size=config.batch_size, progress=progress
             )
-            verdicts[name] = [steerer.judge.judge(r.text) for r in replies]
+            verdicts[name] = [Verdict(**r.verdict) for r in replies]  # decode already judged each reply
         ce, kl = (
             capability_cost(steerer, spec, corpus, rows)
             if corpus is not None and rows

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from explorer.generation import Conversation, SamplingConfig, encode_chats
+from explorer.data import format_chat
+from explorer.generation import Conversation, SamplingConfig, encode_chats, to_messages
 from explorer.hooks import HookFn, intervene
 from explorer.judge import Judge, SubstringJudge
 from explorer.models import LoadedModel
@@ -288,15 +289,12 @@ def generate_side_by_side(
         on_step: streaming callback; row 0 is the default column, row 1 the steered one.
     """
     sampling = sampling or SamplingConfig()
-    texts, _ = encode_chats(
-        steerer.loaded, [conversation], system=system, max_new_tokens=sampling.max_new_tokens
-    )
     default, steered = decode(
         steerer, [conversation, conversation], spec, [False, True], sampling, system=system, on_step=on_step
     )
     provenance = {**spec.provenance, "seed": sampling.seed, "judge": getattr(steerer.judge, "name", "judge")}
     return SideBySide(
-        texts[0],
+        format_chat(steerer.loaded.tokenizer, to_messages(conversation, system)),
         default,
         steered,
         {**spec.to_dict(), "provenance": provenance},
