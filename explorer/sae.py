@@ -12,7 +12,8 @@ import hashlib
 import json
 import logging
 import re
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,11 @@ CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
 PROVENANCE_FILE = "provenance.json"
 UNIT_NORM_TOLERANCE = 1e-3
+# Architectures whose activation acts on each latent alone, so a subset of latents can be encoded from
+# its own encoder columns; TopK-style activations compare every latent with the others and cannot.
+ELEMENTWISE_ARCHITECTURES = ("standard", "jumprelu", "gated")
+# Per-latent parameters besides W_enc (columns) and W_dec (rows); everything else (b_dec, scaling) is kept.
+_PER_LATENT_VECTORS = ("b_enc", "threshold", "b_gate", "r_mag", "b_mag")
 
 
 class SAEError(ValueError):
@@ -94,6 +100,41 @@ class LoadedSAE:
             },
             "model_name": self.sae.cfg.metadata.get("model_name"),
         }
+
+
+def latent_encoder(sae: LoadedSAE, latents: Sequence[int]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function from inputs [n, d_in] to the activations [n, len(latents)] of `latents`, in that order.
+
+    For elementwise architectures it runs SAELens's own `encode` on a copy of the SAE that holds only
+    those latents (their encoder columns and per-latent biases), so steering a few latents of a wide SAE
+    costs a few columns instead of the whole encoder. Other architectures (TopK, BatchTopK, ...) and any
+    SAE whose parameters this cannot slice run the full encode and select the columns.
+    """
+    index = torch.tensor(list(latents), dtype=torch.long)
+    sub = _sliced(sae, index) if sae.architecture in ELEMENTWISE_ARCHITECTURES else None
+    if sub is not None:
+        return sub.encode
+    columns = index.to(sae.sae.device)
+    return lambda x: sae.sae.encode(x)[..., columns]
+
+
+def _sliced(sae: LoadedSAE, index: torch.Tensor) -> SAE[Any] | None:
+    """A new SAE of the same class holding only the latents in `index`; None if it cannot be built."""
+    sliced: dict[str, torch.Tensor] = {}
+    for name, tensor in sae.sae.state_dict().items():
+        if name == "W_enc":
+            tensor = tensor[:, index]
+        elif name == "W_dec" or name in _PER_LATENT_VECTORS:
+            tensor = tensor[index]
+        sliced[name] = tensor.detach().clone()
+    try:
+        with torch.random.fork_rng(devices=[]):  # the constructor's random init must not move the seed
+            sub = type(sae.sae)(replace(sae.sae.cfg, d_sae=len(index)))
+        sub.load_state_dict(sliced, strict=True)
+    except (RuntimeError, TypeError, ValueError) as e:
+        log.debug("cannot slice %s (%s); encoding all latents", sae.name, e)
+        return None
+    return sub.to(sae.sae.device).eval()
 
 
 def sae_root() -> Path:

@@ -15,7 +15,7 @@ import torch
 from explorer.hooks import HookFn
 from explorer.refusal import location_names
 from explorer.refusal_build import RefusalDirection
-from explorer.sae import LoadedSAE
+from explorer.sae import LoadedSAE, latent_encoder
 from explorer.steering import Clamp, DirectionBaseline, SteeringSpec, Trigger, validate
 
 
@@ -109,7 +109,9 @@ def _clamp_hook(
     gated: bool,
     record: bool,
 ) -> HookFn:
-    latents = torch.tensor([c.latent for c, _ in items])
+    latents = [c.latent for c, _ in items]
+    # The trigger's latent, when it lives on this SAE, is encoded with the clamped ones (last column).
+    encode = latent_encoder(sae, latents + ([trigger.latent] if trigger is not None else []))
     values = torch.tensor([v for _, v in items])
     modes = [c.mode for c, _ in items]
     w_dec = sae.sae.W_dec.detach()[latents]  # [n_clamped, d_model]: a new tensor, the SAE is untouched
@@ -120,8 +122,8 @@ def _clamp_hook(
             return None
         x = act[rows]  # [n, d_model]
         with torch.no_grad():
-            f = sae.sae.encode(x.to(sae.sae.dtype))
-        current = f[:, latents.to(f.device)].float()
+            f = encode(x.to(sae.sae.dtype))  # [n, n_clamped (+ 1 for the trigger)]
+        current = f[:, : len(items)].float()
         if record:
             last = torch.zeros(act.shape[0], len(items))
             where = rows.nonzero()
@@ -132,7 +134,7 @@ def _clamp_hook(
         steer = state.mask[rows]
         if trigger is not None:
             state.gate = torch.zeros_like(state.mask)
-            state.gate[rows] = f[:, trigger.latent] > trigger.threshold
+            state.gate[rows] = f[:, -1] > trigger.threshold
         if gated:
             gate = state.gate if state.gate is not None else torch.zeros_like(state.mask)
             steer = steer & gate[rows]
@@ -157,12 +159,14 @@ def _clamp_hook(
 
 
 def _trigger_hook(trigger: Trigger, sae: LoadedSAE, state: StepState) -> HookFn:
+    encode = latent_encoder(sae, [trigger.latent])
+
     def read(act: torch.Tensor, _name: str) -> None:
         state.gate = torch.zeros_like(state.mask)
         if state.real.any():
             with torch.no_grad():
-                f = sae.sae.encode(act[state.real].to(sae.sae.dtype))
-            state.gate[state.real] = f[:, trigger.latent] > trigger.threshold
+                f = encode(act[state.real].to(sae.sae.dtype))  # [n, 1]
+            state.gate[state.real] = f[:, 0] > trigger.threshold
 
     return read
 

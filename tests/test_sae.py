@@ -15,6 +15,7 @@ from explorer.sae import (
     LoadedSAE,
     SAEError,
     check_compatible,
+    latent_encoder,
     load_sae,
     load_sae_dir,
     load_sae_for,
@@ -208,3 +209,24 @@ def test_hugging_face_layer_paths_map_to_residual_hooks(tmp_path: Path, tiny: Lo
     assert load_sae_for(tiny, str(_saved(tmp_path, hook="model.layers.1"))).hook == "blocks.1.hook_resid_post"
     with pytest.raises(SAEError, match="hook_resid_mid"):
         load_sae_for(tiny, str(_saved(tmp_path / "mid", hook="blocks.1.hook_resid_mid")))
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_latent_encoder_matches_the_full_encode_and_slices_when_it_can(architecture: str) -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    sae = wrap_sae(tiny_sae(architecture, d_in=64, d_sae=128), "tiny", "tiny")
+    x = torch.randn(10, 64)
+    picked = [5, 2, 97]
+    rng = torch.get_rng_state()
+    encode = latent_encoder(sae, picked)
+    assert torch.equal(torch.get_rng_state(), rng)  # building the slice draws no random numbers
+    with FlopCounterMode(display=False) as sliced:
+        got = encode(x)
+    with FlopCounterMode(display=False) as full:
+        expected = sae.sae.encode(x)[:, picked]
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    if architecture == "topk":  # a TopK latent's value depends on every other latent: no shortcut
+        assert sliced.get_total_flops() >= full.get_total_flops()
+    else:
+        assert sliced.get_total_flops() * 128 <= full.get_total_flops() * len(picked) * 2

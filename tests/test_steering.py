@@ -15,7 +15,7 @@ from explorer.hooks import capture, intervene
 from explorer.models import LoadedModel
 from explorer.refusal_build import RefusalDirection
 from explorer.sae import wrap_sae
-from explorer.side_by_side import Steerer, decode, generate_side_by_side
+from explorer.side_by_side import Steerer, decode, draw, generate_side_by_side, nucleus
 from explorer.steering import (
     Clamp,
     DirectionBaseline,
@@ -241,3 +241,24 @@ def test_bad_prompts_fail_clearly(steerer: Steerer) -> None:
         generate_side_by_side(steerer, "  ", SteeringSpec(), GREEDY)
     with pytest.raises(DataError, match="exceeds the model's context"):
         generate_side_by_side(steerer, "owl " * 300, SteeringSpec(), GREEDY)
+
+
+@pytest.mark.parametrize("top_p", [0.05, 0.5, 0.9, 0.999])
+@pytest.mark.parametrize("temperature", [0.3, 3.0])
+def test_nucleus_is_the_prefix_of_the_sorted_distribution(top_p: float, temperature: float) -> None:
+    torch.manual_seed(0)
+    probs = (torch.randn(5000) / temperature).softmax(-1)
+    ordered, order = probs.sort(descending=True)
+    n = int((ordered.cumsum(-1) - ordered <= top_p).sum())
+    kept, ids = nucleus(probs, top_p, candidates=64)
+    assert torch.equal(ids, order[:n]) and torch.equal(kept, ordered[:n])
+    if temperature == 3.0:  # a flat distribution: the nucleus outgrew the first 64 candidates
+        assert n > 64
+
+
+def test_draw_samples_in_proportion_to_the_weights() -> None:
+    weights = torch.tensor([1.0, 0.0, 0.6, 0.4])  # unnormalised
+    generator = torch.Generator().manual_seed(0)
+    counts = torch.bincount(torch.tensor([draw(weights, generator) for _ in range(20_000)]), minlength=4)
+    assert counts[1] == 0
+    torch.testing.assert_close(counts / counts.sum(), weights / weights.sum(), rtol=0, atol=0.015)
