@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from explorer.data import format_chat
+from explorer.few_rows import few_row_linear
 from explorer.generation import Conversation, SamplingConfig, encode_chats, to_messages
 from explorer.hooks import HookFn, intervene
 from explorer.judge import Judge, SubstringJudge
@@ -235,7 +236,7 @@ def decode(
         state.real = real & live[:, None]
         state.mask = state.real & rows[:, None] & _in_scope(spec.scope, t == 0)
         state.gate, state.record = None, {}
-        with intervene(loaded.model, hooks):
+        with intervene(loaded.model, hooks), few_row_linear(device):
             out = loaded.model(  # pyright: ignore[reportCallIssue]
                 input_ids=inputs.to(device),
                 attention_mask=attention.to(device),
