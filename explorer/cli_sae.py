@@ -156,7 +156,7 @@ def add_sae_parser(sub: Any) -> None:
     )
     p.add_argument("--side-samples", type=int, default=500_000, help="training samples, comparison SAEs")
     p.add_argument(
-        "--offsets", type=_offsets, default=(-6, 0, 4), help="layers relative to the refusal layer"
+        "--offsets", type=_offsets, default=(-6, 0, 2), help="layers relative to the refusal layer"
     )
     p.add_argument("--force", action="store_true", help="rebuild the corpus and activations too")
     p.add_argument("--json", action="store_true", help="print the stage index as JSON")

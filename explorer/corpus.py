@@ -65,9 +65,9 @@ class CorpusConfig:
     """
 
     seq_len: int = 128
-    response_tokens: int = 48
-    text_tokens: int = 600_000
-    heldout_fraction: float = 0.2
+    response_tokens: int = 32
+    text_tokens: int = 560_000
+    heldout_fraction: float = 0.17
     min_doc_chars: int = 160
     batch_size: int = 64
     prompts_per_label: int | None = None
@@ -276,13 +276,18 @@ def chat_rows(
     from explorer.generation import SamplingConfig, generate
 
     tokenizer = loaded.tokenizer
-    completions = generate(
+    # Batches of one label and similar lengths: little padding, and a batch of refusals stops early.
+    order = sorted(range(len(prompts)), key=lambda i: (prompts[i].label or "", len(prompts[i].text)))
+    generated = generate(
         loaded,
-        [p.text for p in prompts],
+        [prompts[i].text for i in order],
         SamplingConfig(max_new_tokens=config.response_tokens),
         batch_size=config.batch_size,
         progress=True,
     )
+    completions = [generated[0]] * len(prompts)
+    for slot, i in enumerate(order):
+        completions[i] = generated[slot]
     eos = tokenizer.eos_token_id
     rows: list[list[int]] = []
     infos: list[SequenceInfo] = []

@@ -67,12 +67,12 @@ class SAEStageConfig:
         loss_rows: held-out rows used for the CE-loss evaluation.
     """
 
-    layer_offsets: tuple[int, ...] = (-6, 0, 4)
+    layer_offsets: tuple[int, ...] = (-6, 0, 2)
     main: SAETrainConfig = field(default_factory=SAETrainConfig)
-    side: SAETrainConfig = field(default_factory=lambda: SAETrainConfig(training_samples=300_000))
+    side: SAETrainConfig = field(default_factory=lambda: SAETrainConfig(training_samples=200_000))
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     fast_dtype: str | None = "bfloat16"
-    loss_rows: int = 48
+    loss_rows: int = 32
 
     def __post_init__(self) -> None:
         if 0 not in self.layer_offsets:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from transformers import PreTrainedTokenizerBase
+from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
 
 from explorer.activations import ActivationError, collect, load_activations, shuffled_batches
 from explorer.corpus import (
@@ -15,13 +16,16 @@ from explorer.corpus import (
     CorpusError,
     _pack,
     build_corpus,
+    chat_rows,
     count_mask,
     load_corpus,
     python_documents,
 )
-from explorer.data import builtin_prompts
+from explorer.data import builtin_prompts, chat_messages, format_chat
+from explorer.generation import SamplingConfig, generate
 from explorer.hooks import run_to
 from explorer.models import LoadedModel, special_token_ids
+from tests.helpers import tiny_config
 
 SMALL = CorpusConfig(seq_len=64, response_tokens=4, text_tokens=1500, batch_size=4)
 HOOKS = ["blocks.1.hook_resid_pre", "blocks.2.hook_resid_post"]
@@ -68,6 +72,28 @@ def test_corpus_round_trip_and_layout(corpus_path: Path, tiny: LoadedModel) -> N
     prompt = str(tiny.tokenizer.decode(corpus.input_ids[chats[0], : first.n_prompt].tolist()))
     assert prompt.rstrip().endswith("assistant") and "ghost gun" in prompt
     assert corpus.manifest["counted_tokens"] == corpus.n_tokens()
+
+
+def test_each_transcript_holds_its_own_prompt_and_reply(tiny: LoadedModel) -> None:
+    # Transcripts are generated grouped by label and length, then put back in prompt order: give them
+    # out of that order (harmless first, long before short) and check every row against its own prompt.
+    harmless = sorted(builtin_prompts("harmless", "test")[:3], key=lambda r: -len(r.text))
+    prompts = harmless + builtin_prompts("harmful", "train")[:3]
+    config = tiny_config("llama", len(tiny.tokenizer))
+    config.initializer_range = 0.5  # large weights: replies that depend on the prompt
+    torch.manual_seed(0)
+    lively = replace(tiny, model=LlamaForCausalLM(config).eval())
+    rows, infos = chat_rows(lively, prompts, SMALL)
+    replies = []
+    for record, row, info in zip(prompts, rows, infos, strict=True):
+        assert info.doc == record.id
+        assert tiny.tokenizer.decode(row[: info.n_prompt]) == format_chat(
+            tiny.tokenizer, chat_messages(record.text)
+        )
+        alone = generate(lively, [record.text], SamplingConfig(max_new_tokens=SMALL.response_tokens))[0]
+        assert row[info.n_prompt :][: len(alone.token_ids)] == alone.token_ids
+        replies.append(tuple(alone.token_ids))
+    assert len(set(replies)) > 1  # the replies differ, so a row holding another prompt's reply would fail
 
 
 def test_corpus_errors_name_the_problem(
