@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from explorer.activations import ActivationError, collect, load_activations, shuffled_batches
 from explorer.corpus import (
@@ -80,6 +80,7 @@ def test_each_transcript_holds_its_own_prompt_and_reply(tiny: LoadedModel) -> No
     harmless = sorted(builtin_prompts("harmless", "test")[:3], key=lambda r: -len(r.text))
     prompts = harmless + builtin_prompts("harmful", "train")[:3]
     config = tiny_config("llama", len(tiny.tokenizer))
+    assert isinstance(config, LlamaConfig)
     config.initializer_range = 0.5  # large weights: replies that depend on the prompt
     torch.manual_seed(0)
     lively = replace(tiny, model=LlamaForCausalLM(config).eval())
