@@ -76,7 +76,7 @@ else:
         )
         cols[2].metric("Added at", report["location"], f"alpha {report['alpha']}", delta_color="off")
     score = st.radio("Candidate score", ["induce", "bypass", "kl"], horizontal=True)
-    st.plotly_chart(selection_heatmap(selection, score), use_container_width=True)
+    st.plotly_chart(selection_heatmap(selection, score), width="stretch")
     st.caption(
         "Blank cells: scores Arditi et al.'s filters would discard, not computed. Scores on the val split."
     )
@@ -100,7 +100,7 @@ else:
         "raw latent values."
     )
     if sae_reports:
-        st.plotly_chart(l0_histograms(sae_reports), use_container_width=True)
+        st.plotly_chart(l0_histograms(sae_reports), width="stretch")
 
 st.subheader("Build")
 try:
