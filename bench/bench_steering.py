@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from statistics import median
 
 import torch
 from sae_lens import TopKSAE, TopKSAEConfig
@@ -54,12 +55,6 @@ def timed(fn: Callable[[], int]) -> tuple[float, int]:
     start = time.perf_counter()
     n = fn()
     return time.perf_counter() - start, n
-
-
-def median(values: list[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def main() -> None:

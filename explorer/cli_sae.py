@@ -136,9 +136,11 @@ def cmd_sae_info(args: argparse.Namespace) -> int:
 def add_sae_parser(sub: Any) -> None:
     """Register `explorer sae {train,report,info}` on the top-level subparsers."""
     from explorer.models import ORGANISM_NAME
-    from explorer.sae_train import ARCHITECTURES, SAETrainConfig
+    from explorer.sae_build import SAEStageConfig
+    from explorer.sae_train import ARCHITECTURES
 
-    defaults = SAETrainConfig()
+    stage = SAEStageConfig()  # the build stage's recipe, so `explorer sae train` with no flags is that stage
+    defaults = stage.main
     sae = sub.add_parser("sae", help="train the default's SAEs, print quality reports, check an SAE")
     sae_sub = sae.add_subparsers(dest="sae_command", required=True, metavar="SAE_COMMAND")
 
@@ -154,9 +156,14 @@ def add_sae_parser(sub: Any) -> None:
     p.add_argument(
         "--samples", type=int, default=defaults.training_samples, help="training samples, main SAE"
     )
-    p.add_argument("--side-samples", type=int, default=500_000, help="training samples, comparison SAEs")
     p.add_argument(
-        "--offsets", type=_offsets, default=(-6, 0, 2), help="layers relative to the refusal layer"
+        "--side-samples",
+        type=int,
+        default=stage.side.training_samples,
+        help="training samples, comparison SAEs",
+    )
+    p.add_argument(
+        "--offsets", type=_offsets, default=stage.layer_offsets, help="layers relative to the refusal layer"
     )
     p.add_argument("--force", action="store_true", help="rebuild the corpus and activations too")
     p.add_argument("--json", action="store_true", help="print the stage index as JSON")

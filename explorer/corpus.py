@@ -285,9 +285,8 @@ def chat_rows(
         batch_size=config.batch_size,
         progress=True,
     )
-    completions = [generated[0]] * len(prompts)
-    for slot, i in enumerate(order):
-        completions[i] = generated[slot]
+    by_prompt = dict(zip(order, generated, strict=True))
+    completions = [by_prompt[i] for i in range(len(prompts))]
     eos = tokenizer.eos_token_id
     rows: list[list[int]] = []
     infos: list[SequenceInfo] = []
