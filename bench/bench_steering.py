@@ -4,7 +4,9 @@
   the same model, prompt and length: tokens/s and their ratio (target >= 0.9x);
 - side-by-side generation (one batched pass of two rows) vs the two generations run one after the other
   (target <= 0.6x the time);
-- for reference, our plain decoding loop vs transformers' `generate`.
+- for reference, our plain decoding loop vs transformers' `generate`;
+- why decoding uses `few_row_linear`: the model's unembedding applied to one and two rows with PyTorch's
+  `linear`, and inside `few_row_linear` (W @ Xᵀ).
 
 Uses the built default with its main SAE and refusal direction when present, as the app does; otherwise
 the base model and a random TopK SAE of the same width (speed does not depend on what the latents mean).
@@ -17,11 +19,13 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from statistics import median
 
 import torch
 from sae_lens import TopKSAE, TopKSAEConfig
 
+from explorer.few_rows import few_row_linear
 from explorer.generation import SamplingConfig, generate
 from explorer.models import ORGANISM_NAME, load_model, organism_dir
 from explorer.sae import wrap_sae
@@ -111,6 +115,32 @@ def main() -> None:
         f"{min(pair_ratio):.2f}-{max(pair_ratio):.2f}x (target <= 0.6x)"
     )
     print(f"reference: our plain loop / transformers generate tokens/s: median {median(loop_ratio):.2f}x")
+    head = loaded.model.get_output_embeddings()
+    assert isinstance(head, torch.nn.Linear)
+    unembedding(head.weight.detach(), args.rounds)
+
+
+def unembedding(weight: torch.Tensor, rounds: int) -> None:
+    """Milliseconds of `linear` on the unembedding [vocab, d_model] for one and two rows, plain and inside
+    `few_row_linear`, interleaved like the decoding runs (medians)."""
+    variants: dict[str, tuple[int, bool]] = {
+        "1 row": (1, False),
+        "2 rows": (2, False),
+        "1 row, few_row_linear": (1, True),
+        "2 rows, few_row_linear": (2, True),
+    }
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    with torch.no_grad():
+        for _ in range(rounds + 1):  # the first round warms up and is dropped
+            for name, (rows, fast) in variants.items():
+                x = torch.randn(rows, weight.shape[1], dtype=weight.dtype)
+                with few_row_linear(weight.device) if fast else nullcontext():
+                    start = time.perf_counter()
+                    for _ in range(10):
+                        torch.nn.functional.linear(x, weight)
+                    times[name].append((time.perf_counter() - start) / 10 * 1e3)
+    shown = ", ".join(f"{name} {median(t[1:]):.1f} ms" for name, t in times.items())
+    print(f"unembedding {tuple(weight.shape)}: {shown}")
 
 
 if __name__ == "__main__":
