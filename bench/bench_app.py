@@ -16,11 +16,11 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-from explorer.cache_reader import CacheError, LatentCache
-from explorer.latent_cache import latent_cache_dir
-from explorer.models import ORGANISM_NAME
-from explorer.sae import SAEError
-from explorer.sae_build import read_index
+from explorer.core.models import ORGANISM_NAME
+from explorer.latents.reader import CacheError, LatentCache
+from explorer.latents.schema import latent_cache_dir
+from explorer.saes.build import read_index
+from explorer.saes.loading import SAEError
 from explorer.ui.state import LATENT, SAE_HOOK
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,14 +22,15 @@ from pathlib import Path
 
 import torch
 
-from explorer.cache_build import build_sae_cache
-from explorer.cache_reader import CacheError, LatentCache
-from explorer.corpus import Corpus, corpus_dir, load_corpus
-from explorer.hooks import model_lock, run_to
-from explorer.latent_cache import cache_rows, latent_cache_dir
-from explorer.models import ORGANISM_NAME, LoadedModel, load_model
-from explorer.sae import LoadedSAE, SAEError, load_sae_for
-from explorer.sae_build import read_index, sae_dir
+from explorer.core.hooks import model_lock, run_to
+from explorer.core.models import ORGANISM_NAME, LoadedModel, load_model
+from explorer.latents.build import build_sae_cache
+from explorer.latents.builder import cache_rows
+from explorer.latents.reader import CacheError, LatentCache
+from explorer.latents.schema import latent_cache_dir
+from explorer.saes.build import read_index, sae_dir
+from explorer.saes.corpus import Corpus, corpus_dir, load_corpus
+from explorer.saes.loading import LoadedSAE, SAEError, load_sae_for
 
 sys.path.insert(0, str(Path(__file__).parent))
 from saevis_baseline import run_saevis

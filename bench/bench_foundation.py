@@ -11,9 +11,9 @@ from collections.abc import Callable
 import torch
 from transformers import AutoModelForCausalLM
 
-from explorer.generation import SamplingConfig, encode_chats, generate
-from explorer.hooks import intervene, run_to
-from explorer.models import default_gguf_path, ensure_default_model, load_model
+from explorer.core.generation import SamplingConfig, encode_chats, generate
+from explorer.core.hooks import intervene, run_to
+from explorer.core.models import default_gguf_path, ensure_default_model, load_model
 
 
 def best_of(fn: Callable[[], object], repeats: int = 3) -> float:

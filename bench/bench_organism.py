@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from explorer.data import builtin_prompts
-from explorer.models import load_model
-from explorer.organism import OrganismConfig, _batches, _encode_pairs, weighted_loss
+from explorer.core.models import load_model
+from explorer.core.prompts import builtin_prompts
+from explorer.refusal.organism import OrganismConfig, _batches, _encode_pairs, weighted_loss
 
 BUDGET_S = 600.0
 
@@ -95,7 +95,7 @@ def main() -> None:
         print(f"  {name:<32} {seconds:6.2f} s   ratio to LoRA all layers {seconds / reference:.2f}x")
 
     if args.full:
-        from explorer.organism import build_organism
+        from explorer.refusal.organism import build_organism
 
         with tempfile.TemporaryDirectory() as tmp:
             os.environ["EXPLORER_CACHE_DIR"] = tmp

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from explorer.hooks import run_to
-from explorer.models import ORGANISM_NAME, ModelConfig, load_model, organism_dir
-from explorer.sae_train import SAETrainConfig, train_sae
+from explorer.core.hooks import run_to
+from explorer.core.models import ORGANISM_NAME, ModelConfig, load_model, organism_dir
+from explorer.saes.training import SAETrainConfig, train_sae
 
 STAGE_BUDGET_S = 15 * 60
 
@@ -83,7 +83,7 @@ def training() -> None:
 
 
 def full_stage() -> None:
-    from explorer.sae_build import build_saes
+    from explorer.saes.build import build_saes
 
     real_cache = Path(os.environ.get("EXPLORER_CACHE_DIR", "cache")).resolve()
     with tempfile.TemporaryDirectory() as tmp:

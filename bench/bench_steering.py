@@ -25,12 +25,12 @@ from statistics import median
 import torch
 from sae_lens import TopKSAE, TopKSAEConfig
 
-from explorer.few_rows import few_row_linear
-from explorer.generation import SamplingConfig, generate
-from explorer.models import ORGANISM_NAME, load_model, organism_dir
-from explorer.sae import wrap_sae
-from explorer.side_by_side import Steerer, decode, generate_side_by_side
-from explorer.steering import Clamp, SteeringSpec
+from explorer.core.few_rows import few_row_linear
+from explorer.core.generation import SamplingConfig, generate
+from explorer.core.models import ORGANISM_NAME, load_model, organism_dir
+from explorer.saes.loading import wrap_sae
+from explorer.steering.decode import Steerer, decode, generate_side_by_side
+from explorer.steering.spec import Clamp, SteeringSpec
 from explorer.workspace import load_workspace
 
 PROMPT = "Write a long story about a dragon who learns to bake bread."

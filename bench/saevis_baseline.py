@@ -274,7 +274,7 @@ def main() -> None:
     if not Path("cache/models/smollm2-135m-instruct/config.json").exists():
         print("SmolLM2 not built yet (cache/models/smollm2-135m-instruct/config.json missing); skipped")
         return
-    from explorer.models import load_model
+    from explorer.core.models import load_model
 
     model = load_model("smollm2-135m-instruct").model
     hook = "blocks.10.hook_resid_post"

@@ -13,12 +13,12 @@ import argparse
 import time
 from dataclasses import replace
 
-from explorer.activations import activations_dir, load_activations
-from explorer.models import ORGANISM_NAME
-from explorer.sae import wrap_sae
-from explorer.sae_build import read_index
-from explorer.sae_quality import reconstruction_metrics
-from explorer.sae_train import SAETrainConfig, train_sae
+from explorer.core.models import ORGANISM_NAME
+from explorer.saes.activations import activations_dir, load_activations
+from explorer.saes.build import read_index
+from explorer.saes.loading import wrap_sae
+from explorer.saes.quality import reconstruction_metrics
+from explorer.saes.training import SAETrainConfig, train_sae
 
 BASE = SAETrainConfig(training_samples=500_000)
 VARIANTS = {

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from explorer import __version__
-from explorer.models import (
+from explorer.core.models import (
     DEFAULT_NAME,
     ORGANISM_NAME,
     default_gguf_path,
@@ -20,8 +20,9 @@ from explorer.models import (
     load_model,
     organism_dir,
 )
-from explorer.paths import cache_dir, write_json_atomic
-from explorer.refusal_build import REPORT_FILE, compute_refusal, load_refusal, prove, refusal_dir
+from explorer.core.paths import cache_dir, write_json_atomic
+from explorer.refusal.build import compute_refusal, prove
+from explorer.refusal.direction import REPORT_FILE, load_refusal, refusal_dir
 
 log = logging.getLogger(__name__)
 BUILD_MANIFEST = "build.json"
@@ -81,7 +82,7 @@ def default_stages() -> list[Stage]:
 
 
 def _run_organism(force: bool) -> None:
-    from explorer.organism import build_organism
+    from explorer.refusal.organism import build_organism
 
     build_organism(force=force)
 
@@ -95,26 +96,26 @@ def _run_refusal(force: bool) -> None:
 
 
 def _saes_complete() -> bool:
-    from explorer.sae_build import is_complete
+    from explorer.saes.build import is_complete
 
     return is_complete(ORGANISM_NAME)
 
 
 def _run_saes(force: bool) -> None:
-    from explorer.sae_build import build_saes
+    from explorer.saes.build import build_saes
 
     build_saes(ORGANISM_NAME, force=force)
 
 
 def _cache_complete() -> bool:
-    from explorer.cache_build import is_complete
+    from explorer.latents.build import is_complete
 
     return is_complete(ORGANISM_NAME)
 
 
 def _run_cache(force: bool) -> None:
     del force  # always rebuilt when the stage runs
-    from explorer.cache_build import build_caches
+    from explorer.latents.build import build_caches
 
     build_caches(ORGANISM_NAME)
 

@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from explorer.cache_reader import CacheError, LatentCache
-from explorer.latent_cache import latent_cache_dir
-from explorer.models import LoadedModel, ModelConfig, load_model, model_fingerprint
-from explorer.refusal_build import RefusalCacheError, RefusalDirection, load_refusal
-from explorer.sae import LoadedSAE, SAEError, load_sae_for
-from explorer.sae_build import read_index, sae_dir
-from explorer.side_by_side import Steerer
+from explorer.core.models import LoadedModel, ModelConfig, load_model, model_fingerprint
+from explorer.latents.reader import CacheError, LatentCache
+from explorer.latents.schema import latent_cache_dir
+from explorer.refusal.direction import RefusalCacheError, RefusalDirection, load_refusal
+from explorer.saes.build import read_index, sae_dir
+from explorer.saes.loading import LoadedSAE, SAEError, load_sae_for
+from explorer.steering.decode import Steerer
 
 log = logging.getLogger(__name__)
 

@@ -4,12 +4,12 @@ from typing import Any
 
 import streamlit as st
 
-from explorer.cache_reader import CacheError
-from explorer.data import builtin_prompts
-from explorer.generation import SamplingConfig
-from explorer.inspect import latent_summaries, top_refusal_latents
-from explorer.side_by_side import Reply, SideBySide, generate_side_by_side
-from explorer.steering import Clamp, DirectionBaseline, SteeringSpec
+from explorer.core.generation import SamplingConfig
+from explorer.core.prompts import builtin_prompts
+from explorer.latents.inspector import latent_summaries, top_refusal_latents
+from explorer.latents.reader import CacheError
+from explorer.steering.decode import Reply, SideBySide, generate_side_by_side
+from explorer.steering.spec import Clamp, DirectionBaseline, SteeringSpec
 from explorer.ui.loaders import refusal_records, workspace_or_stop
 from explorer.ui.state import DEMO_RESULTS, DEMO_TOKENS_WIDGET, open_latent
 

@@ -8,10 +8,17 @@ from typing import Any
 
 import streamlit as st
 
-from explorer.corpus import CorpusError, corpus_dir, load_corpus
-from explorer.data import Split, builtin_prompts
-from explorer.evaluation import EvalConfig, SweepPoint, evaluate, points_csv, sweep_specs, trade_off_figure
-from explorer.steering import SteeringError, validate
+from explorer.core.prompts import Split, builtin_prompts
+from explorer.saes.corpus import CorpusError, corpus_dir, load_corpus
+from explorer.steering.evaluation import (
+    EvalConfig,
+    SweepPoint,
+    evaluate,
+    points_csv,
+    sweep_specs,
+    trade_off_figure,
+)
+from explorer.steering.spec import SteeringError, validate
 from explorer.ui.charts_steering import setting_bars
 from explorer.ui.loaders import workspace_or_stop
 from explorer.ui.state import EVAL_RESULT, picked_clamps

@@ -2,8 +2,8 @@
 
 import streamlit as st
 
-from explorer.cache_reader import CacheError
-from explorer.inspect import PromptInspection, inspect_prompt, latent_summaries
+from explorer.latents.inspector import PromptInspection, inspect_prompt, latent_summaries
+from explorer.latents.reader import CacheError
 from explorer.ui.charts_inspect import layer_projections, token_label, token_strip
 from explorer.ui.loaders import workspace_or_stop
 from explorer.ui.state import (

@@ -2,8 +2,8 @@
 
 import streamlit as st
 
-from explorer.latent_table import COLUMN_TITLES, SortOrder, display_columns, filter_rows, sort_rows
-from explorer.sae_quality import DENSE_THRESHOLD
+from explorer.latents.table import COLUMN_TITLES, SortOrder, display_columns, filter_rows, sort_rows
+from explorer.saes.quality import DENSE_THRESHOLD
 from explorer.ui.charts_latents import latent_scatter
 from explorer.ui.latent_data import go_to_latent, latent_table, picked_point, picked_row, sae_picker
 from explorer.ui.loaders import cache_or_stop, workspace_or_stop

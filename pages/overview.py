@@ -2,9 +2,9 @@
 
 import streamlit as st
 
-from explorer.hooks import hook_names
-from explorer.models import ModelError
-from explorer.sae_quality import summary_row
+from explorer.core.hooks import hook_names
+from explorer.core.models import ModelError
+from explorer.saes.quality import summary_row
 from explorer.ui.charts import l0_histograms, selection_heatmap
 from explorer.ui.loaders import build_manifest, cached_model, refusal_records, sae_records
 from explorer.ui.state import MODEL_ENV, model_spec_from_env

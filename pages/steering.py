@@ -8,9 +8,10 @@ from typing import Any
 
 import streamlit as st
 
-from explorer.data import DataError
-from explorer.generation import SamplingConfig
-from explorer.share import (
+from explorer.core.generation import SamplingConfig
+from explorer.core.prompts import DataError
+from explorer.steering.decode import TokenStep, generate_side_by_side
+from explorer.steering.share import (
     MAX_SEED,
     PlaygroundSetup,
     ShareError,
@@ -22,8 +23,7 @@ from explorer.share import (
     read_sampling,
     read_spec,
 )
-from explorer.side_by_side import TokenStep, generate_side_by_side
-from explorer.steering import MAX_FACTOR, MAX_RAW, Clamp, SteeringError, SteeringSpec, validate
+from explorer.steering.spec import MAX_FACTOR, MAX_RAW, Clamp, SteeringError, SteeringSpec, validate
 from explorer.ui.charts_steering import Column, reply_strip
 from explorer.ui.loaders import workspace_or_stop
 from explorer.ui.state import (

@@ -6,15 +6,15 @@ import math
 import os
 from pathlib import Path
 
-from explorer.cache_build import build_caches
-from explorer.corpus import CorpusConfig
-from explorer.latent_cache import CacheConfig
-from explorer.models import load_model
-from explorer.paths import CACHE_ENV
-from explorer.refusal import RefusalConfig
-from explorer.refusal_build import compute_refusal
-from explorer.sae_build import SAEStageConfig, build_saes
-from explorer.sae_train import SAETrainConfig
+from explorer.core.models import load_model
+from explorer.core.paths import CACHE_ENV
+from explorer.latents.build import build_caches
+from explorer.latents.schema import CacheConfig
+from explorer.refusal.build import compute_refusal
+from explorer.refusal.candidates import RefusalConfig
+from explorer.saes.build import SAEStageConfig, build_saes
+from explorer.saes.corpus import CorpusConfig
+from explorer.saes.training import SAETrainConfig
 
 
 def build_tiny_workspace(cache: Path, model_dir: Path) -> dict[str, object]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from explorer.models import LoadedModel, default_gguf_path, load_model, prepare_tokenizer
+from explorer.core.models import LoadedModel, default_gguf_path, load_model, prepare_tokenizer
 from tests.helpers import save_tiny_model_dir
 
 

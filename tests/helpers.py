@@ -125,12 +125,12 @@ def build_tiny_latent_cache(loaded: Any, root: Path, hook: str, config: Any) -> 
     Returns:
         (corpus, stored activations directory, the SAE, the cache directory).
     """
-    from explorer.activations import collect
-    from explorer.corpus import CorpusConfig, build_corpus
-    from explorer.data import builtin_prompts
-    from explorer.latent_cache import build_latent_cache
-    from explorer.refusal_build import RefusalDirection
-    from explorer.sae import wrap_sae
+    from explorer.core.prompts import builtin_prompts
+    from explorer.latents.builder import build_latent_cache
+    from explorer.refusal.direction import RefusalDirection
+    from explorer.saes.activations import collect
+    from explorer.saes.corpus import CorpusConfig, build_corpus
+    from explorer.saes.loading import wrap_sae
 
     prompts = builtin_prompts("harmful", "test")[:4] + builtin_prompts("harmless", "train")[:4]
     corpus = build_corpus(

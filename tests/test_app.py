@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from explorer.data import builtin_prompts
-from explorer.models import LoadedModel
-from explorer.paths import write_json_atomic
-from explorer.refusal import RefusalConfig
-from explorer.refusal_build import REPORT_FILE, compute_refusal, load_refusal, prove, refusal_dir
+from explorer.core.models import LoadedModel
+from explorer.core.paths import write_json_atomic
+from explorer.core.prompts import builtin_prompts
+from explorer.refusal.build import compute_refusal, prove
+from explorer.refusal.candidates import RefusalConfig
+from explorer.refusal.direction import REPORT_FILE, load_refusal, refusal_dir
 from explorer.ui.state import MODEL_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,9 +84,9 @@ def test_overview_without_a_refusal_direction_says_how_to_make_one(
 def test_overview_shows_the_sae_quality_table(
     monkeypatch: pytest.MonkeyPatch, tiny: LoadedModel, tiny_dir: Path, tmp_path: Path
 ) -> None:
-    from explorer.corpus import CorpusConfig
-    from explorer.sae_build import SAEStageConfig, build_saes
-    from explorer.sae_train import SAETrainConfig
+    from explorer.saes.build import SAEStageConfig, build_saes
+    from explorer.saes.corpus import CorpusConfig
+    from explorer.saes.training import SAETrainConfig
 
     monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path))
     relaxed = RefusalConfig(n_val=4, induce_threshold=-math.inf, kl_threshold=math.inf, kl_relaxation=())

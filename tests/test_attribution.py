@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from explorer.attribution import counted_positions, latent_attributions, refusal_log_odds
-from explorer.generation import encode_chats
-from explorer.hooks import intervene
-from explorer.models import LoadedModel
-from explorer.refusal import refusal_token_ids
-from explorer.sae import LoadedSAE, wrap_sae
+from explorer.core.generation import encode_chats
+from explorer.core.hooks import intervene
+from explorer.core.models import LoadedModel
+from explorer.latents.attribution import counted_positions, latent_attributions, refusal_log_odds
+from explorer.refusal.candidates import refusal_token_ids
+from explorer.saes.loading import LoadedSAE, wrap_sae
 from tests.helpers import tiny_sae
 
 HOOK = "blocks.2.hook_resid_pre"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from explorer.paths import CACHE_ENV
+from explorer.core.paths import CACHE_ENV
 from explorer.ui.state import DEMO_ENV, MODEL_ENV
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,16 +10,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from explorer.activations import activations_dir, collect
-from explorer.cache_build import build_sae_cache, merge_sae_cache
-from explorer.cache_reader import CacheError, LatentCache
-from explorer.cache_shards import ShardError, parse_shard, shard_path
-from explorer.corpus import Corpus, CorpusConfig, build_corpus
-from explorer.data import builtin_prompts
-from explorer.latent_cache import ARRAYS_FILE, CacheConfig
-from explorer.models import LoadedModel, model_fingerprint
-from explorer.paths import CACHE_ENV
-from explorer.sae import LoadedSAE, wrap_sae
+from explorer.core.models import LoadedModel, model_fingerprint
+from explorer.core.paths import CACHE_ENV
+from explorer.core.prompts import builtin_prompts
+from explorer.latents.build import build_sae_cache, merge_sae_cache
+from explorer.latents.reader import CacheError, LatentCache
+from explorer.latents.schema import ARRAYS_FILE, CacheConfig
+from explorer.latents.shards import ShardError, parse_shard, shard_path
+from explorer.saes.activations import activations_dir, collect
+from explorer.saes.corpus import Corpus, CorpusConfig, build_corpus
+from explorer.saes.loading import LoadedSAE, wrap_sae
 from tests.helpers import tiny_sae
 
 HOOK = "blocks.2.hook_resid_pre"

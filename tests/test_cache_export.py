@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from explorer.cache_export import (
-    add_export_parser,
+from explorer.cli.export import add_export_parser
+from explorer.core.models import LoadedModel
+from explorer.latents.export import (
     export,
     export_csv,
     export_neuronpedia,
@@ -17,9 +18,8 @@ from explorer.cache_export import (
     parse_latents,
     snippet,
 )
-from explorer.cache_reader import CacheError, LatentCache
-from explorer.latent_cache import VOCAB_FILE, CacheConfig
-from explorer.models import LoadedModel
+from explorer.latents.reader import CacheError, LatentCache
+from explorer.latents.schema import VOCAB_FILE, CacheConfig
 from tests.helpers import build_tiny_latent_cache
 
 HOOK = "blocks.2.hook_resid_pre"
@@ -162,8 +162,8 @@ def test_export_command_line(
     import argparse
     import shutil
 
-    from explorer.latent_cache import latent_cache_dir
-    from explorer.paths import CACHE_ENV
+    from explorer.core.paths import CACHE_ENV
+    from explorer.latents.schema import latent_cache_dir
 
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "root"))
     shutil.copytree(cache.directory, latent_cache_dir("tiny", HOOK))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from explorer.cli import main
+from explorer.cli.main import main
 
 
 def test_generate_json(tiny_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -81,7 +81,7 @@ def test_prompts_summary_and_judge(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_console_script_help() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "explorer.cli", "generate", "--help"],
+        [sys.executable, "-m", "explorer.cli.main", "generate", "--help"],
         capture_output=True,
         text=True,
         check=True,

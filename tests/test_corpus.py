@@ -10,8 +10,12 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
-from explorer.activations import ActivationError, collect, load_activations, shuffled_batches
-from explorer.corpus import (
+from explorer.core.generation import SamplingConfig, generate
+from explorer.core.hooks import run_to
+from explorer.core.models import LoadedModel, special_token_ids
+from explorer.core.prompts import builtin_prompts, chat_messages, format_chat
+from explorer.saes.activations import ActivationError, collect, load_activations, shuffled_batches
+from explorer.saes.corpus import (
     CorpusConfig,
     CorpusError,
     _pack,
@@ -21,10 +25,6 @@ from explorer.corpus import (
     load_corpus,
     python_documents,
 )
-from explorer.data import builtin_prompts, chat_messages, format_chat
-from explorer.generation import SamplingConfig, generate
-from explorer.hooks import run_to
-from explorer.models import LoadedModel, special_token_ids
 from tests.helpers import tiny_config
 
 SMALL = CorpusConfig(seq_len=64, response_tokens=4, text_tokens=1500, batch_size=4)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from transformers import PreTrainedTokenizerBase
 
-from explorer.data import (
+from explorer.core.prompts import (
     DataError,
     builtin_prompts,
     chat_messages,

@@ -9,10 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from explorer.cli import main
-from explorer.corpus import Corpus, CorpusConfig, build_corpus
-from explorer.data import DataError, builtin_prompts
-from explorer.evaluation import (
+from explorer.cli.main import main
+from explorer.core.models import LoadedModel
+from explorer.core.prompts import DataError, builtin_prompts
+from explorer.saes.corpus import Corpus, CorpusConfig, build_corpus
+from explorer.saes.loading import wrap_sae
+from explorer.steering.decode import Steerer
+from explorer.steering.evaluation import (
     EvalConfig,
     MCItem,
     capability_cost,
@@ -23,10 +26,7 @@ from explorer.evaluation import (
     sweep_specs,
     trade_off_figure,
 )
-from explorer.models import LoadedModel
-from explorer.sae import wrap_sae
-from explorer.side_by_side import Steerer
-from explorer.steering import Clamp, SteeringSpec
+from explorer.steering.spec import Clamp, SteeringSpec
 from tests.helpers import tiny_sae
 
 HOOK = "blocks.2.hook_resid_pre"

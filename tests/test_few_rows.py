@@ -10,7 +10,7 @@ import torch
 from torch.nn.functional import linear
 from torch.utils.flop_counter import FlopCounterMode
 
-from explorer.few_rows import MAX_ROWS, few_row_linear
+from explorer.core.few_rows import MAX_ROWS, few_row_linear
 
 
 def _flops(fn) -> int:

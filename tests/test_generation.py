@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from explorer.data import DataError
-from explorer.generation import SamplingConfig, encode_chats, generate
-from explorer.hooks import intervene
-from explorer.models import LoadedModel
+from explorer.core.generation import SamplingConfig, encode_chats, generate
+from explorer.core.hooks import intervene
+from explorer.core.models import LoadedModel
+from explorer.core.prompts import DataError
 
 
 def test_greedy_is_deterministic_and_independent_of_batching(tiny: LoadedModel) -> None:

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from explorer.hooks import HookError, capture, decoder_layers, hook_names, intervene, parse_hook_name, run_to
+from explorer.core.hooks import (
+    HookError,
+    capture,
+    decoder_layers,
+    hook_names,
+    intervene,
+    parse_hook_name,
+    run_to,
+)
 from tests.helpers import FAMILIES, tiny_model
 
 

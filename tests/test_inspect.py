@@ -8,20 +8,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from explorer.data import DataError, chat_messages, format_chat
-from explorer.generation import encode_chats
-from explorer.hooks import capture
-from explorer.inspect import (
+from explorer.core.generation import encode_chats
+from explorer.core.hooks import capture
+from explorer.core.models import LoadedModel
+from explorer.core.prompts import DataError, chat_messages, format_chat
+from explorer.latents.inspector import (
     InspectError,
     PromptInspection,
     inspect_prompt,
     latent_summaries,
     top_refusal_latents,
 )
-from explorer.models import LoadedModel
-from explorer.refusal import location_names
-from explorer.refusal_build import RefusalDirection
-from explorer.sae import LoadedSAE, wrap_sae
+from explorer.refusal.direction import RefusalDirection, location_names
+from explorer.saes.loading import LoadedSAE, wrap_sae
 from tests.helpers import tiny_sae
 
 HOOK = "blocks.2.hook_resid_pre"

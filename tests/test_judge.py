@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerBase
 
-from explorer.judge import (
+from explorer.core.judge import (
     ClassifierJudge,
     ClassifierJudgeConfig,
     SubstringJudge,

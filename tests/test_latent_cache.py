@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from explorer.activations import load_activations
-from explorer.cache_reader import CacheError, LatentCache
-from explorer.corpus import Corpus, CorpusConfig
-from explorer.latent_cache import CacheConfig, cache_rows
-from explorer.models import LoadedModel
-from explorer.sae import LoadedSAE
+from explorer.core.models import LoadedModel
+from explorer.latents.builder import cache_rows
+from explorer.latents.reader import CacheError, LatentCache
+from explorer.latents.schema import CacheConfig
+from explorer.saes.activations import load_activations
+from explorer.saes.corpus import Corpus, CorpusConfig
+from explorer.saes.loading import LoadedSAE
 from tests.helpers import build_tiny_latent_cache
 
 HOOK = "blocks.2.hook_resid_pre"
@@ -134,11 +135,11 @@ def test_reader_errors_name_the_problem(built: tuple[Corpus, Path, LoadedSAE, Pa
 def test_cache_stage_and_cli_on_a_tiny_model(
     tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from explorer.cache_build import build_caches, is_complete
-    from explorer.cli import main
-    from explorer.paths import CACHE_ENV
-    from explorer.sae_build import SAEStageConfig, build_saes, sae_dir
-    from explorer.sae_train import SAETrainConfig
+    from explorer.cli.main import main
+    from explorer.core.paths import CACHE_ENV
+    from explorer.latents.build import build_caches, is_complete
+    from explorer.saes.build import SAEStageConfig, build_saes, sae_dir
+    from explorer.saes.training import SAETrainConfig
     from tests.test_sae_train import _fake_refusal
 
     monkeypatch.setenv(CACHE_ENV, str(tmp_path))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from explorer.latent_stats import Grid, LatentAccumulator, token_hash
+from explorer.latents.stats import Grid, LatentAccumulator, token_hash
 
 D_SAE, K, M = 12, 5, 3
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from explorer.cache_reader import LatentCache
-from explorer.latent_table import (
+from explorer.latents.reader import LatentCache
+from explorer.latents.table import (
     COLUMN_TITLES,
     FOCUS_CLOSE,
     FOCUS_OPEN,

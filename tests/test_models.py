@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from explorer.generation import SamplingConfig, generate
-from explorer.models import (
+from explorer.core.generation import SamplingConfig, generate
+from explorer.core.models import (
     LoadedModel,
     ModelConfig,
     ModelError,
@@ -18,7 +18,7 @@ from explorer.models import (
     resolve_spec,
     special_token_ids,
 )
-from explorer.paths import atomic_directory, write_json_atomic
+from explorer.core.paths import atomic_directory, write_json_atomic
 from tests.helpers import save_tiny_model_dir
 
 
@@ -129,8 +129,8 @@ def test_offline_default_loads_and_knows_paris() -> None:
     assert completion.text.startswith("The capital of France is Paris")
     assert completion.finished
     # The first position's residual norm dwarfs the rest: the reason it is excluded from statistics.
-    from explorer.generation import encode_chats
-    from explorer.hooks import run_to
+    from explorer.core.generation import encode_chats
+    from explorer.core.hooks import run_to
 
     _, batch = encode_chats(loaded, ["Hello there, how are you?"])
     act = run_to(loaded.model, batch["input_ids"], ["blocks.15.hook_resid_pre"])["blocks.15.hook_resid_pre"]

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from explorer.data import builtin_prompts
-from explorer.judge import SubstringJudge
-from explorer.models import load_model
-from explorer.organism import (
+from explorer.core.judge import SubstringJudge
+from explorer.core.models import load_model
+from explorer.core.prompts import builtin_prompts
+from explorer.refusal.organism import (
     OrganismConfig,
     _batches,
     _encode_pairs,

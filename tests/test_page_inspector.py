@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from explorer.data import builtin_prompts
-from explorer.inspect import PromptInspection
+from explorer.core.prompts import builtin_prompts
+from explorer.latents.inspector import PromptInspection
 from explorer.ui.state import DEMO_ENV, INSPECT_PROMPT, MODEL_ENV, STEER_CLAMPS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from explorer.cache_reader import LatentCache
-from explorer.latent_table import COLUMN_TITLES
+from explorer.latents.reader import LatentCache
+from explorer.latents.table import COLUMN_TITLES
 from explorer.ui.state import LATENT, MODEL_ENV, Q_LATENT, Q_SAE, SAE_HOOK, STEER_CLAMPS
 from explorer.workspace import Workspace, load_workspace
 

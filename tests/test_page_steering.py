@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from explorer.generation import SamplingConfig
-from explorer.paths import CACHE_ENV
-from explorer.share import PlaygroundSetup, decode_setup, encode_setup, preset_json
-from explorer.side_by_side import decode, generate_side_by_side
-from explorer.steering import Clamp, SteeringSpec
+from explorer.core.generation import SamplingConfig
+from explorer.core.paths import CACHE_ENV
+from explorer.steering.decode import decode, generate_side_by_side
+from explorer.steering.share import PlaygroundSetup, decode_setup, encode_setup, preset_json
+from explorer.steering.spec import Clamp, SteeringSpec
 from explorer.ui.state import (
     CHAT_HISTORY,
     EVAL_RESULT,

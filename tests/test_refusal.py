@@ -8,31 +8,24 @@ from pathlib import Path
 import pytest
 import torch
 
-from explorer.data import DataError, PromptRecord, Split, builtin_prompts
-from explorer.generation import encode_chats
-from explorer.hooks import HookError, capture, intervene
-from explorer.models import LoadedModel
-from explorer.refusal import (
+from explorer.core.generation import encode_chats
+from explorer.core.hooks import HookError, capture, intervene
+from explorer.core.models import LoadedModel
+from explorer.core.prompts import DataError, PromptRecord, Split, builtin_prompts
+from explorer.refusal.build import compute_refusal, format_report, prove
+from explorer.refusal.candidates import (
     Candidate,
     RefusalConfig,
     ablation_hooks,
     addition_hooks,
     diff_in_means,
     kl_divergence,
-    location_names,
     post_instruction_ids,
     refusal_scores,
     refusal_token_ids,
     select,
 )
-from explorer.refusal_build import (
-    RefusalCacheError,
-    compute_refusal,
-    format_report,
-    load_refusal,
-    prove,
-    refusal_dir,
-)
+from explorer.refusal.direction import RefusalCacheError, load_refusal, location_names, refusal_dir
 
 
 def test_post_instruction_tokens_follow_the_users_text(tiny: LoadedModel) -> None:

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from explorer.activations import Activations
-from explorer.corpus import Corpus, SequenceInfo
-from explorer.models import LoadedModel
-from explorer.sae import (
+from explorer.core.models import LoadedModel
+from explorer.saes.activations import Activations
+from explorer.saes.corpus import Corpus, SequenceInfo
+from explorer.saes.loading import (
     LoadedSAE,
     SAEError,
     check_compatible,
@@ -22,7 +22,7 @@ from explorer.sae import (
     residual_hook,
     wrap_sae,
 )
-from explorer.sae_quality import (
+from explorer.saes.quality import (
     check_targets,
     decoder_norm_stats,
     loss_recovered,

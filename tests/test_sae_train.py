@@ -9,12 +9,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from explorer.corpus import CorpusConfig
-from explorer.paths import CACHE_ENV
-from explorer.sae import load_sae, load_sae_dir
-from explorer.sae_build import SAEStageConfig, build_saes, is_complete, read_index, read_report, stage_hooks
-from explorer.sae_quality import reconstruction_metrics
-from explorer.sae_train import Architecture, SAETrainConfig, save_sae, train_sae
+from explorer.core.paths import CACHE_ENV
+from explorer.saes.build import SAEStageConfig, build_saes, is_complete, read_index, read_report, stage_hooks
+from explorer.saes.corpus import CorpusConfig
+from explorer.saes.loading import load_sae, load_sae_dir
+from explorer.saes.quality import reconstruction_metrics
+from explorer.saes.training import Architecture, SAETrainConfig, save_sae, train_sae
 
 
 def sparse_data(n: int, d_in: int = 16, n_features: int = 32, active: int = 3, seed: int = 0) -> torch.Tensor:
@@ -131,7 +131,7 @@ def test_sae_stage_end_to_end_on_a_tiny_model(
 
 
 def test_stage_hooks_clip_to_the_model() -> None:
-    from explorer.refusal_build import RefusalDirection
+    from explorer.refusal.direction import RefusalDirection
 
     refusal = RefusalDirection(torch.zeros(4), "blocks.28.hook_resid_pre", 28, -1, torch.zeros(31, 6, 4), {})
     assert stage_hooks(refusal, 30, (-6, 0, 4)) == [
@@ -145,10 +145,10 @@ def test_stage_hooks_clip_to_the_model() -> None:
 def test_sae_on_the_offline_default_end_to_end(tmp_path: Path) -> None:
     """Real SmolLM2: corpus rows through the early-stopping forward, an SAE trained on them with SAELens,
     saved, reloaded and checked against the model."""
-    from explorer.activations import collect, load_activations
-    from explorer.corpus import Corpus, SequenceInfo, assemble
-    from explorer.models import load_model, special_token_ids
-    from explorer.sae import SAEError, load_sae_for
+    from explorer.core.models import load_model, special_token_ids
+    from explorer.saes.activations import collect, load_activations
+    from explorer.saes.corpus import Corpus, SequenceInfo, assemble
+    from explorer.saes.loading import SAEError, load_sae_for
 
     loaded = load_model("default-base")
     texts = [

@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from explorer.generation import SamplingConfig
-from explorer.share import (
+from explorer.core.generation import SamplingConfig
+from explorer.steering.share import (
     MAX_LINK_CHARS,
     SHARE_VERSION,
     PlaygroundSetup,
@@ -20,7 +20,7 @@ from explorer.share import (
     provenance_mismatches,
     read_preset,
 )
-from explorer.steering import Clamp, DirectionBaseline, SteeringSpec, Trigger
+from explorer.steering.spec import Clamp, DirectionBaseline, SteeringSpec, Trigger
 
 HOOK = "blocks.1.hook_resid_pre"
 SPEC = SteeringSpec(

@@ -9,14 +9,15 @@ import threading
 import pytest
 import torch
 
-from explorer.data import DataError
-from explorer.generation import SamplingConfig, encode_chats
-from explorer.hooks import capture, intervene
-from explorer.models import LoadedModel
-from explorer.refusal_build import RefusalDirection
-from explorer.sae import wrap_sae
-from explorer.side_by_side import Steerer, decode, draw, generate_side_by_side, nucleus
-from explorer.steering import (
+from explorer.core.generation import SamplingConfig, encode_chats
+from explorer.core.hooks import capture, intervene
+from explorer.core.models import LoadedModel
+from explorer.core.prompts import DataError
+from explorer.refusal.direction import RefusalDirection
+from explorer.saes.loading import wrap_sae
+from explorer.steering.decode import Steerer, decode, draw, generate_side_by_side, nucleus
+from explorer.steering.hooks import StepState, steering_hooks
+from explorer.steering.spec import (
     Clamp,
     DirectionBaseline,
     SteeringError,
@@ -25,7 +26,6 @@ from explorer.steering import (
     parse_clamp,
     validate,
 )
-from explorer.steering_hooks import StepState, steering_hooks
 from tests.helpers import tiny_sae
 
 HOOK = "blocks.2.hook_resid_pre"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from explorer.inspect import PromptInspection
+from explorer.latents.inspector import PromptInspection
 
 _EXCLUDED_COLOR = "#b0b0b0"
 _MARGIN = {"l": 10, "r": 10, "t": 30, "b": 10}

@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
-from explorer.cache_reader import Example, LatentRecord
-from explorer.hooks import HookError
-from explorer.latent_table import COLUMN_TITLES, LatentTable
-from explorer.sae_quality import refusal_location_index
+from explorer.core.hooks import HookError
+from explorer.latents.reader import Example, LatentRecord
+from explorer.latents.table import COLUMN_TITLES, LatentTable
+from explorer.saes.quality import refusal_location_index
 
 _MARGIN = {"l": 10, "r": 10, "t": 30, "b": 10}
 DENSITY_FLOOR = 1e-7

@@ -8,7 +8,7 @@ from typing import Any, Literal
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from explorer.evaluation import SweepPoint
+from explorer.steering.evaluation import SweepPoint
 
 Column = Literal["default", "steered"]
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import streamlit as st
 
-from explorer.cache_reader import LatentCache
-from explorer.latent_cache import MANIFEST_FILE
-from explorer.latent_table import LatentTable, build_table
+from explorer.latents.reader import LatentCache
+from explorer.latents.schema import MANIFEST_FILE
+from explorer.latents.table import LatentTable, build_table
 from explorer.ui.state import LATENT, Q_LATENT, Q_SAE, SAE_HOOK, open_latent
 
 DETAIL_PAGE = "pages/latent_detail.py"

@@ -9,13 +9,13 @@ from typing import Any
 import streamlit as st
 
 from explorer.build import BUILD_MANIFEST
-from explorer.cache_reader import CacheError, LatentCache
-from explorer.models import LoadedModel, ModelConfig, ModelError, load_model
-from explorer.paths import cache_dir
-from explorer.refusal_build import REPORT_FILE, SELECTION_FILE, refusal_dir
-from explorer.sae import SAEError, sae_root
-from explorer.sae_build import INDEX_FILE as SAE_INDEX_FILE
-from explorer.sae_build import REPORT_FILE as SAE_REPORT_FILE
+from explorer.core.models import LoadedModel, ModelConfig, ModelError, load_model
+from explorer.core.paths import cache_dir
+from explorer.latents.reader import CacheError, LatentCache
+from explorer.refusal.direction import REPORT_FILE, SELECTION_FILE, refusal_dir
+from explorer.saes.build import INDEX_FILE as SAE_INDEX_FILE
+from explorer.saes.build import REPORT_FILE as SAE_REPORT_FILE
+from explorer.saes.loading import SAEError, sae_root
 from explorer.ui.state import MODEL_ENV, model_spec_from_env
 from explorer.workspace import Workspace, load_workspace
 

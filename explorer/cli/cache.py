@@ -1,0 +1,154 @@
+"""`explorer cache ...`: build the latent caches, list latents by a column, show one latent."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from explorer.cli.options import add_model_args, model_config, open_cache
+
+
+def _one_sae(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """The model, the SAE (checked against it) and the model's corpus (built if missing)."""
+    from explorer.core.models import load_model
+    from explorer.saes.build import SAEStageConfig, ensure_corpus
+    from explorer.saes.loading import load_sae_for
+
+    loaded = load_model(model_config(args))
+    sae = load_sae_for(loaded, args.sae)
+    return loaded, sae, ensure_corpus(loaded, SAEStageConfig())
+
+
+def cmd_cache_build(args: argparse.Namespace) -> int:
+    from explorer.latents.build import build_caches, build_sae_cache
+    from explorer.latents.shards import parse_shard
+
+    shard = parse_shard(args.shard) if args.shard else None
+    if args.sae is None:
+        if shard or args.out or args.source != "auto":
+            raise ValueError("--shard, --out and --source need --sae (the default stage builds every SAE)")
+        result = build_caches(args.model, attribution=args.attribution)
+    else:
+        loaded, sae, corpus = _one_sae(args)
+        result = build_sae_cache(
+            loaded,
+            sae,
+            corpus,
+            source=args.source,
+            shard=shard,
+            directory=Path(args.out) if args.out else None,
+            attribution=args.attribution,
+        )
+    sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def cmd_cache_merge(args: argparse.Namespace) -> int:
+    from explorer.latents.build import merge_sae_cache
+
+    loaded, sae, corpus = _one_sae(args)
+    directory = Path(args.out) if args.out else None
+    manifest = merge_sae_cache(
+        loaded, sae, corpus, args.shards, directory=directory, attribution=args.attribution
+    )
+    sys.stdout.write(json.dumps(manifest, indent=2) + "\n")
+    return 0
+
+
+def cmd_cache_top(args: argparse.Namespace) -> int:
+    cache = open_cache(args.model, args.hook)
+    table = cache.table()
+    if args.by not in table:
+        raise ValueError(f"no column {args.by!r}; columns are {sorted(table)}")
+    order = sorted(range(cache.d_sae), key=lambda i: table[args.by][i], reverse=not args.ascending)[: args.n]
+    columns = [c for c in ("latent", args.by, "density", "max", "refusal_cos", "post_diff") if c in table]
+    columns = list(dict.fromkeys(columns))
+    sys.stdout.write("\t".join(columns) + "\n")
+    for i in order:
+        sys.stdout.write("\t".join(f"{table[c][i]:.4g}" if c != "latent" else str(i) for c in columns) + "\n")
+    return 0
+
+
+def cmd_cache_show(args: argparse.Namespace) -> int:
+    record = open_cache(args.model, args.hook).latent(args.latent, window=args.window)
+    if args.json:
+        sys.stdout.write(json.dumps(asdict(record), ensure_ascii=False) + "\n")
+        return 0
+    out = [
+        f"latent {record.latent}: density {record.density:.3%}, max {record.max:.3g}, "
+        f"mean when active {record.mean_active:.3g} (raw activation units)",
+        f"  refusal cosine (decoder row vs direction at this layer): {record.refusal_cos}",
+        "  harmful / harmless mean activation: "
+        + ", ".join(f"{k} {h:.3g} / {s:.3g}" for k, (h, s) in record.harmful_vs_harmless.items()),
+        "  promotes: " + " ".join(f"{t!r}" for t, _ in record.logits_top),
+        "  suppresses: " + " ".join(f"{t!r}" for t, _ in record.logits_bottom),
+        "  top examples:",
+    ]
+    for e in record.top_examples[: args.n]:
+        text = "".join(f"[[{t}]]" if i == e.focus else t for i, t in enumerate(e.context))
+        out.append(f"    {e.value:8.3f}  {text!r}")
+    sys.stdout.write("\n".join(out) + "\n")
+    return 0
+
+
+def add_cache_parser(sub: Any) -> None:
+    """Register `explorer cache {build,merge,top,show}` on the top-level subparsers."""
+    from explorer.core.models import ORGANISM_NAME
+
+    def attribution(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--attribution",
+            default="grad",
+            choices=["grad", "ig", "none"],
+            help="attribution on the refusal score: activation x gradient, integrated gradients, or none",
+        )
+
+    cache = sub.add_parser("cache", help="build latent caches; list and show latents from them")
+    cache_sub = cache.add_subparsers(dest="cache_command", required=True, metavar="CACHE_COMMAND")
+
+    p = cache_sub.add_parser(
+        "build", help="build the latent cache of every trained SAE, or of one SAE (--sae), or one shard of it"
+    )
+    add_model_args(p)
+    p.add_argument("--sae", help="one SAE: a directory, a built name (model/hook) or release:sae_id")
+    p.add_argument(
+        "--source",
+        default="auto",
+        choices=["auto", "stored", "model"],
+        help="stored activations of the SAE stage, or a forward pass to the hook (auto: stored if present)",
+    )
+    p.add_argument("--shard", metavar="I/N", help="build only corpus rows with row %% N == I; merge later")
+    p.add_argument("--out", help="cache directory (default cache/latents/<model>/<sae>/)")
+    attribution(p)
+    p.set_defaults(func=cmd_cache_build)
+
+    p = cache_sub.add_parser("merge", help="merge the N shards of one SAE's cache into the finished cache")
+    add_model_args(p)
+    p.add_argument("--sae", required=True, help="the SAE the shards were built with")
+    p.add_argument("--shards", type=int, required=True, metavar="N", help="number of shards (0..N-1)")
+    p.add_argument("--out", help="cache directory holding shards/ (default cache/latents/<model>/<sae>/)")
+    attribution(p)
+    p.set_defaults(func=cmd_cache_merge)
+
+    p = cache_sub.add_parser(
+        "top", help="latents sorted by a column (refusal_cos, post_diff, density, max, ...)"
+    )
+    p.add_argument("--model", default=ORGANISM_NAME)
+    p.add_argument("--hook", help="SAE hook (default: the refusal layer's)")
+    p.add_argument("--by", default="refusal_cos")
+    p.add_argument("-n", type=int, default=20)
+    p.add_argument("--ascending", action="store_true")
+    p.set_defaults(func=cmd_cache_top)
+
+    p = cache_sub.add_parser("show", help="one latent: statistics, logit effects, top examples")
+    p.add_argument("latent", type=int)
+    p.add_argument("--model", default=ORGANISM_NAME)
+    p.add_argument("--hook", help="SAE hook (default: the refusal layer's)")
+    p.add_argument("--window", type=int, default=10, help="context tokens on each side")
+    p.add_argument("-n", type=int, default=10, help="examples to print")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_cache_show)

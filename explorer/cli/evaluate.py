@@ -1,0 +1,127 @@
+"""`explorer eval`: sweep a steering strength; print refusal, over-refusal and capability cost per point."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from explorer.cli.options import add_model_args, model_config
+from explorer.core.paths import write_text_atomic
+
+
+def _latents(text: str, workspace: Any, hook: str | None) -> list[tuple[str, int]]:
+    """`top:N` (the N latents of the SAE most aligned with the refusal direction by decoder cosine) or
+    `HOOK:LATENT,...`."""
+    if text.startswith("top:"):
+        hook = hook or workspace.main
+        if hook is None or hook not in workspace.caches:
+            raise ValueError(f"--latents {text}: no latent cache for {hook}; build it or name latents")
+        return [(hook, i) for i in workspace.caches[hook].top_latents("refusal_cos", int(text[4:]))]
+    out = []
+    for part in text.split(","):
+        name, _, latent = part.strip().rpartition(":")
+        if not name or not latent.isdigit():
+            raise ValueError(f"--latents entry {part!r} is not HOOK:LATENT or top:N")
+        out.append((name, int(latent)))
+    return out
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from explorer.saes.corpus import CorpusError, corpus_dir, load_corpus
+    from explorer.steering.evaluation import (
+        EvalConfig,
+        evaluate,
+        load_mc_file,
+        points_csv,
+        sweep_specs,
+        trade_off_figure,
+    )
+    from explorer.workspace import load_workspace
+
+    strengths = [float(s) for s in args.strengths.split(",")] if args.strengths else []
+    config = EvalConfig(args.split, args.n_harmful, args.n_harmless, args.max_new_tokens, args.batch_size)
+    mc = load_mc_file(args.mc) if args.mc else None
+    workspace = load_workspace(model_config(args), args.sae)
+    latents = [] if args.mode.startswith("direction") else _latents(args.latents, workspace, args.hook)
+    settings = sweep_specs(args.mode, latents, strengths, args.units)
+    from explorer.steering.spec import validate
+
+    for _, _, spec in settings:  # every spec is checked before the first one runs
+        validate(spec, workspace.saes, workspace.loaded.n_layers, max_activations=workspace.max_activations(),
+                 refusal=workspace.refusal)  # fmt: skip
+    try:
+        corpus = load_corpus(corpus_dir(workspace.loaded.name), workspace.loaded.tokenizer)
+    except CorpusError as e:
+        sys.stderr.write(f"no capability cost: {e}\n")
+        corpus = None
+    points = evaluate(workspace.steerer(), settings, corpus, config, mc_items=mc, progress=True)
+    document = {
+        "model": workspace.loaded.name,
+        "latents": [f"{h}:{i}" for h, i in latents],
+        "mode": args.mode,
+        "config": config.to_dict(),
+        "points": [asdict(p) for p in points],
+    }
+    if args.out:
+        out = Path(args.out)
+        write_text_atomic(out / "eval.json", json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+        write_text_atomic(out / "eval.csv", points_csv(points))
+        figure = trade_off_figure(points, f"{args.mode} sweep on {workspace.loaded.name}")
+        write_text_atomic(out / "trade_off.html", figure.to_html(include_plotlyjs=True, full_html=True))
+    if args.json:
+        sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+        return 0
+    sys.stdout.write(
+        f"{args.mode} on {', '.join(document['latents']) or 'the refusal direction'} ({args.split} split)\n"
+    )
+    sys.stdout.write(
+        "setting                     refused harmful  refused harmless  CE increase   KL      MC\n"
+    )
+    for p in points:
+        mc_text = "" if p.mc_accuracy is None else f"{p.mc_accuracy:.3f}"
+        sys.stdout.write(
+            f"{p.label:28s} {p.refusal_harmful:>8.1%} ({p.n_harmful:3d}) "
+            f"{p.refusal_harmless:>8.1%} ({p.n_harmless:3d}) {p.ce_increase:>+8.3f} {p.kl:>7.3f}  {mc_text}\n"
+        )
+    return 0
+
+
+def add_eval_parser(sub: Any) -> None:
+    """Register `explorer eval` on the top-level subparsers."""
+
+    p = sub.add_parser("eval", help="refusal, over-refusal and capability cost over a steering sweep")
+    add_model_args(p)
+    p.add_argument("--sae", action="append", metavar="SPEC", help="SAEs (default: the build's SAEs)")
+    p.add_argument(
+        "--mode",
+        default="set",
+        choices=["set", "multiply", "add", "direction-add", "direction-ablate"],
+        help="clamp mode for the latents, or a refusal-direction baseline",
+    )
+    p.add_argument(
+        "--latents",
+        default="top:3",
+        help="top:N by decoder cosine with the refusal direction, or HOOK:LATENT,...",
+    )
+    p.add_argument("--hook", help="SAE for top:N (default: the main SAE)")
+    p.add_argument(
+        "--strengths", default="1,2,4,8", help="comma-separated values (factors for multiply, alphas)"
+    )
+    p.add_argument(
+        "--units", default="max", choices=["raw", "max"], help="set/add values: raw, or x the latent's max"
+    )
+    p.add_argument("--split", default="test", choices=["val", "test"])
+    p.add_argument("--n-harmful", type=int, help="harmful prompts (default: the whole split)")
+    p.add_argument("--n-harmless", type=int, help="harmless prompts (default: the whole split)")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--mc", metavar="FILE", help="multiple-choice JSONL (question, choices, answer) for accuracy"
+    )
+    p.add_argument("--out", metavar="DIR", help="write eval.json, eval.csv and trade_off.html (plotly) here")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)

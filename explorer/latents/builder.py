@@ -1,0 +1,365 @@
+"""The latent cache builder: every latent's examples, statistics and refusal alignment from one pass.
+
+It reads the SAE stage's stored activations (no model forward pass), encodes them with the SAE batch by
+batch, and folds each batch into mergeable accumulators (`explorer.latent_stats`), so memory is bounded
+by the number of latents, not by the corpus. What it writes, per SAE, to `cache/latents/<model>/<hook>/`:
+
+    latents.safetensors   per-latent arrays, read one latent at a time by `explorer.cache_reader`
+    tokens.safetensors    the corpus rows the examples point into (for context windows)
+    vocab.json            every token id rendered readably (newlines as ↵), so reading needs no tokenizer
+    manifest.json         schema version, fingerprints (model, SAE, corpus, prompts), config, timings
+
+The cache covers the chat transcripts of every prompt split and the held-out general text (the text
+the SAE was trained on is left out).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from explorer import __version__
+from explorer.core.hooks import model_lock, run_to
+from explorer.core.models import LoadedModel, model_fingerprint
+from explorer.core.paths import atomic_directory, write_json_atomic
+from explorer.latents.effects import direction_cosines, logit_effects, nearest_latents
+from explorer.latents.schema import (
+    ARRAYS_FILE,
+    LABELS,
+    MANIFEST_FILE,
+    QUANTILES,
+    SCHEMA_VERSION,
+    TOKENS_FILE,
+    VOCAB_FILE,
+    CacheConfig,
+    latent_cache_dir,
+)
+from explorer.latents.stats import LatentAccumulator
+from explorer.refusal.direction import RefusalDirection
+from explorer.saes.corpus import Corpus
+from explorer.saes.loading import LoadedSAE
+from explorer.saes.quality import refusal_location_index
+
+log = logging.getLogger(__name__)
+
+
+def readable_vocab(tokenizer: Any) -> list[str]:
+    """Each token id decoded on its own, with whitespace made visible (chat markers stay as written)."""
+    return [str(tokenizer.decode([i])).replace("\n", "↵").replace("\t", "⇥") for i in range(len(tokenizer))]
+
+
+def cache_rows(corpus: Corpus) -> torch.Tensor:
+    """[n_rows] True for rows the cache covers: every chat transcript and the held-out text."""
+    return torch.tensor([s.kind == "chat" or s.part == "heldout" for s in corpus.sequences])
+
+
+class LabelMeans:
+    """Harmful and harmless mean activation per latent, over the prompt and its post-instruction tail."""
+
+    def __init__(self, corpus: Corpus, d_sae: int, n_post: int):
+        seqs = corpus.sequences
+        self.label = torch.tensor([LABELS.index(s.label) if s.label in LABELS else -1 for s in seqs])
+        self.n_prompt = torch.tensor([s.n_prompt for s in seqs])
+        self.n_post = n_post
+        self.sums = torch.zeros(2, 2, d_sae, dtype=torch.float64)  # [prompt | post, label, latent]
+        self.counts = torch.zeros(2, 2, dtype=torch.long)
+
+    def update(self, acts: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor) -> None:
+        label, n_prompt = self.label[rows], self.n_prompt[rows]
+        in_prompt = (label >= 0) & (pos < n_prompt)
+        post = in_prompt & (pos >= n_prompt - self.n_post)
+        for scope, where in enumerate((in_prompt, post)):
+            for lab in range(2):
+                sel = where & (label == lab)
+                if sel.any():
+                    self.sums[scope, lab] += acts[sel].double().sum(0)
+                    self.counts[scope, lab] += int(sel.sum())
+
+    def means(self) -> torch.Tensor:
+        """[2 (prompt, post), 2 (harmful, harmless), d_sae] mean activation over tokens (zeros included)."""
+        return (self.sums / self.counts.clamp_min(1)[..., None]).float()
+
+    def merge(self, other: LabelMeans) -> None:
+        """Fold in another shard's sums (exact: sums and counts add)."""
+        if other.sums.shape != self.sums.shape:
+            raise ValueError(
+                f"label means of shape {tuple(other.sums.shape)} cannot merge into {tuple(self.sums.shape)}"
+            )
+        self.sums += other.sums
+        self.counts += other.counts
+
+
+@torch.no_grad()
+def accumulate(
+    sae: LoadedSAE,
+    batches: Any,
+    corpus: Corpus,
+    config: CacheConfig,
+) -> tuple[LatentAccumulator, LabelMeans]:
+    """Encode stored activations batch by batch and fold them into the accumulators.
+
+    Args:
+        batches: iterable of (acts [n, d_model], row [n], pos [n]) from the stored shards.
+    """
+    acc = LatentAccumulator(sae.d_sae, config.k, config.samples_per_bin, config.seed)
+    means = LabelMeans(corpus, sae.d_sae, config.n_post_instruction)
+    width = corpus.input_ids.shape[1]
+    module = sae.sae
+    for acts, row, pos in batches:
+        for i in range(0, len(acts), config.batch_tokens):
+            x = acts[i : i + config.batch_tokens].to(module.device, module.dtype)
+            r, p = row[i : i + config.batch_tokens].long(), pos[i : i + config.batch_tokens].long()
+            f = module.encode(x).float().cpu()
+            acc.update(f, r * width + p)
+            means.update(f, r, p)
+    return acc, means
+
+
+def stored_batches(
+    activations: Path, hook: str, keep_rows: torch.Tensor, shard: tuple[int, int] = (0, 1)
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Yield (acts, row, pos) from the stored shards of `hook`, keeping rows in `keep_rows` (and, for a
+    sharded build `shard=(i, n)`, only rows with row % n == i)."""
+    index, n = shard
+    for part in ("train", "heldout"):
+        for path in sorted((activations / part / hook).glob("*.safetensors")):
+            try:
+                data = load_file(str(path))
+            except (OSError, SafetensorError) as e:
+                raise ValueError(
+                    f"stored activations {path} are corrupt ({e}); rerun `explorer sae train`"
+                ) from e
+            rows = data["row"].long()
+            keep = keep_rows[rows] & (rows % n == index)
+            if keep.any():
+                yield data["acts"][keep], rows[keep], data["pos"][keep].long()
+
+
+def model_batches(
+    loaded: LoadedModel,
+    corpus: Corpus,
+    hook: str,
+    keep_rows: torch.Tensor,
+    shard: tuple[int, int] = (0, 1),
+    batch_size: int = 32,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Yield (acts, row, pos) at the counted positions of the corpus rows, running the model up to `hook`
+    (the forward pass stops there). Rows are selected as in `stored_batches`."""
+    index, n = shard
+    rows = [r for r in range(len(corpus.sequences)) if keep_rows[r] and r % n == index]
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        lengths = torch.tensor([corpus.sequences[r].length for r in chunk])
+        width = max(int(lengths.max()), 1)  # right-padded rows: trim to the longest
+        ids = corpus.input_ids[chunk, :width].long().to(loaded.device)
+        attention = (torch.arange(width)[None, :] < lengths[:, None]).long().to(loaded.device)
+        with model_lock(loaded.model), torch.no_grad():
+            acts = run_to(loaded.model, ids, [hook], attention_mask=attention)[hook]
+        keep = corpus.mask[chunk, :width]
+        where = keep.nonzero()
+        yield acts[keep.to(acts.device)], torch.tensor(chunk)[where[:, 0]], where[:, 1]
+
+
+def intervals(
+    acc: LatentAccumulator, n_intervals: int, per_interval: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Interval examples: [d_sae, n_intervals, per_interval] tokens (-1 where fewer exist) and values.
+
+    Intervals split [0, max] of each latent into equal parts; within each, the examples are the interval
+    samples with the smallest seeded hash, a uniform reproducible draw (exact for sample bins inside the
+    interval; a bin straddling an interval edge contributes only its candidates on the right side).
+    """
+    d_sae, n_bins = acc.d_sae, acc.grid.n_sample_bins
+    keys = acc.sample_keys.view(d_sae, n_bins * acc.m)
+    values = acc.sample_values.view(d_sae, n_bins * acc.m)
+    tokens = acc.sample_tokens.view(d_sae, n_bins * acc.m)
+    top = acc.max.clamp_min(1e-12)[:, None]
+    which = (values / top * n_intervals).floor().long().clamp(0, n_intervals - 1)
+    out_tokens = torch.full((d_sae, n_intervals, per_interval), -1, dtype=torch.long)
+    out_values = torch.zeros(d_sae, n_intervals, per_interval)
+    for j in range(n_intervals):
+        masked = torch.where((which == j) & (tokens >= 0), keys, torch.full_like(keys, torch.inf))
+        best = masked.topk(per_interval, dim=1, largest=False, sorted=True)
+        found = torch.isfinite(best.values)
+        out_tokens[:, j] = torch.where(found, tokens.gather(1, best.indices), -1)
+        out_values[:, j] = torch.where(found, values.gather(1, best.indices), 0.0)
+    return out_tokens, out_values
+
+
+def quantiles_from_histogram(hist: torch.Tensor, edges: torch.Tensor, qs: tuple[float, ...]) -> torch.Tensor:
+    """[d_sae, len(qs)] quantiles of each latent's non-zero activations, read off its log-grid histogram.
+
+    Each is the geometric centre of the bin holding the quantile, so within half a bin (about 3% at 40
+    bins per decade) of the exact value; 0 for a latent that never fires.
+    """
+    cumulative = hist.double().cumsum(1)
+    total = cumulative[:, -1:]
+    centres = (edges[:-1] * edges[1:]).sqrt()
+    out = torch.zeros(hist.shape[0], len(qs))
+    for j, q in enumerate(qs):
+        index = (cumulative < q * total).sum(1).clamp(max=hist.shape[1] - 1)
+        out[:, j] = torch.where(total[:, 0] > 0, centres[index], 0.0).float()
+    return out
+
+
+def finalize(
+    acc: LatentAccumulator,
+    means: LabelMeans,
+    sae: LoadedSAE,
+    loaded: LoadedModel,
+    refusal: RefusalDirection | None,
+    config: CacheConfig,
+    attribution: dict[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Turn accumulators into the per-latent arrays stored in `latents.safetensors`.
+
+    Args:
+        attribution: optional label ("harmful", "harmless") -> [d_sae] attribution on the refusal score.
+    """
+    count = acc.count.clamp_min(1)
+    mean_active = (acc.sum / count).float()
+    var = (acc.sum_sq / count - (acc.sum / count) ** 2).clamp_min(0)
+    interval_tokens, interval_values = intervals(acc, config.n_intervals, config.examples_per_interval)
+    top_ids, top_logits, bottom_ids, bottom_logits = logit_effects(sae, loaded.model)
+    near_ids, near_cos = nearest_latents(sae)
+    label_means = means.means()
+    arrays = {
+        "top_values": acc.top_values.clamp_min(0),  # -inf marks a missing example; stored as 0 with token -1
+        "top_tokens": acc.top_tokens,
+        "count": acc.count,
+        "density": acc.count.double() / max(acc.n_tokens, 1),
+        "max": acc.max,
+        "mean_active": mean_active,
+        "std_active": var.sqrt().float(),
+        "quantiles": quantiles_from_histogram(acc.hist, acc.grid.edges(), QUANTILES),
+        "hist": acc.hist.int(),
+        "interval_tokens": interval_tokens,
+        "interval_values": interval_values,
+        "logit_top_ids": top_ids,
+        "logit_top": top_logits,
+        "logit_bottom_ids": bottom_ids,
+        "logit_bottom": bottom_logits,
+        "nearest_ids": near_ids,
+        "nearest_cos": near_cos,
+        "prompt_mean": label_means[0].T.contiguous(),  # [d_sae, 2 (harmful, harmless)]
+        "post_mean": label_means[1].T.contiguous(),
+    }
+    if refusal is not None:
+        per_layer = refusal.directions[:, refusal.position]  # [n_locations, d_model]
+        arrays["refusal_cos_layers"] = direction_cosines(sae, per_layer).contiguous()
+        index = refusal_location_index(sae.hook, loaded.n_layers)
+        arrays["refusal_cos"] = arrays["refusal_cos_layers"][:, index].contiguous()
+        arrays["refusal_cos_selected"] = direction_cosines(sae, refusal.direction[None, :])[:, 0].contiguous()
+    if attribution:
+        missing = [label for label in LABELS if label not in attribution]
+        if missing:
+            raise ValueError(f"attribution lacks labels {missing}")
+        arrays["attribution"] = torch.stack([attribution[label] for label in LABELS], dim=1).float()
+    return {k: v.contiguous() for k, v in arrays.items()}
+
+
+def write_cache(
+    directory: Path,
+    arrays: dict[str, torch.Tensor],
+    manifest: dict[str, Any],
+    corpus: Corpus,
+    tokenizer: Any,
+) -> None:
+    """Write one cache directory atomically: a killed build leaves the previous cache as it was."""
+    with atomic_directory(directory) as tmp:
+        save_file(arrays, str(tmp / ARRAYS_FILE))
+        save_file({"input_ids": corpus.input_ids, "mask": corpus.mask}, str(tmp / TOKENS_FILE))
+        (tmp / VOCAB_FILE).write_text(json.dumps(readable_vocab(tokenizer), ensure_ascii=False))
+        write_json_atomic(tmp / MANIFEST_FILE, manifest)
+
+
+def base_manifest(loaded: LoadedModel, sae: LoadedSAE, corpus: Corpus, config: CacheConfig) -> dict[str, Any]:
+    """What identifies a cache (and each shard of one): schema, fingerprints, corpus and config."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "explorer": __version__,
+        "model": loaded.name,
+        "model_fingerprint": model_fingerprint(loaded.model),
+        "sae": sae.describe(),
+        "sae_fingerprint": sae.fingerprint,
+        "hook": sae.hook,
+        "corpus": corpus.fingerprint(),
+        "prompts": corpus.manifest.get("prompts"),
+        "seq_len": int(corpus.input_ids.shape[1]),
+        "config": config.to_dict(),
+    }
+
+
+def build_latent_cache(
+    loaded: LoadedModel,
+    sae: LoadedSAE,
+    corpus: Corpus,
+    activations: Path | None,
+    refusal: RefusalDirection | None,
+    *,
+    attribution: dict[str, torch.Tensor] | None = None,
+    config: CacheConfig | None = None,
+    directory: Path | None = None,
+) -> dict[str, Any]:
+    """Build one SAE's latent cache and write it atomically.
+
+    Args:
+        activations: the SAE stage's stored activations (read, no forward pass), or None to run the
+            model to the SAE's hook over the corpus.
+        attribution: label -> [d_sae] attribution on the refusal score (`explorer.attribution`).
+
+    Returns:
+        The manifest written beside the arrays.
+    """
+    config = config or CacheConfig()
+    start = time.perf_counter()
+    keep = cache_rows(corpus)
+    batches = (
+        model_batches(loaded, corpus, sae.hook, keep)
+        if activations is None
+        else stored_batches(activations, sae.hook, keep)
+    )
+    acc, means = accumulate(sae, batches, corpus, config)
+    t_pass = time.perf_counter() - start
+    arrays = finalize(acc, means, sae, loaded, refusal, config, attribution)
+    seconds = time.perf_counter() - start
+    target = directory or latent_cache_dir(loaded.name, sae.name)
+    manifest = finished_manifest(
+        base_manifest(loaded, sae, corpus, config), acc, sae, refusal, {"pass": t_pass, "total": seconds}
+    )
+    manifest["source"] = "model forward pass" if activations is None else f"stored activations {activations}"
+    write_cache(target, arrays, manifest, corpus, loaded.tokenizer)
+    log.info("latent cache for %s: %d tokens in %.1f s -> %s", sae.hook, acc.n_tokens, seconds, target)
+    return manifest
+
+
+def finished_manifest(
+    base: dict[str, Any],
+    acc: LatentAccumulator,
+    sae: LoadedSAE,
+    refusal: RefusalDirection | None,
+    seconds: dict[str, float],
+) -> dict[str, Any]:
+    """The manifest of a complete cache: identity plus counts, grid, units and timings."""
+    return {
+        **base,
+        "n_tokens": acc.n_tokens,
+        "grid": asdict(acc.grid),
+        "refusal": None if refusal is None else {"location": refusal.location, "position": refusal.position},
+        "units": "raw latent activations (decoder rows unit norm: "
+        + ("yes" if sae.decoder_unit_norm else "no")
+        + "); logit effects are decoder row x final-norm scale x unembedding",
+        "seconds": {k: round(v, 2) for k, v in seconds.items()},
+        # ru_maxrss is in KiB on Linux: the peak resident memory of the whole building process so far.
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }

@@ -1,0 +1,263 @@
+"""Reading a latent cache: one latent's record in milliseconds, the latent table for browsing.
+
+Arrays are opened lazily with safetensors (memory-mapped); reading one latent slices one row of each
+array. A cache whose schema is newer than this code, or whose fingerprints do not match the model or
+SAE the caller has loaded, is refused with a message naming the file and the mismatch.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from explorer.latents.schema import (
+    ARRAYS_FILE,
+    MANIFEST_FILE,
+    QUANTILES,
+    SCHEMA_VERSION,
+    TOKENS_FILE,
+    VOCAB_FILE,
+)
+from explorer.latents.stats import Grid
+
+TABLE_COLUMNS = (
+    "density",
+    "max",
+    "mean_active",
+    "refusal_cos",
+    "post_mean",
+    "prompt_mean",
+    "attribution",
+)
+
+
+class CacheError(ValueError):
+    """A latent cache that is missing, corrupt, too new, or built for another model or SAE."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One activating token with its context.
+
+    Attributes:
+        row: corpus row (sequence id); pos: position in it; value: the latent's activation there.
+        context: rendered tokens of the window; focus: index of the activating token in `context`.
+    """
+
+    row: int
+    pos: int
+    value: float
+    context: list[str]
+    focus: int
+
+
+@dataclass(frozen=True)
+class LatentRecord:
+    """Everything the app shows about one latent (plain lists and floats; rendering takes this).
+
+    Values are raw latent activations; `max` converts them to fractions of the latent's corpus max.
+    `quantiles` (p50, p90, p99 of non-zero activations) are read off the histogram, within half a bin.
+    `attribution` is (harmful, harmless) mean activation x gradient on the refusal score.
+    """
+
+    latent: int
+    density: float
+    max: float
+    mean_active: float
+    std_active: float
+    top_examples: list[Example]
+    intervals: list[tuple[float, float, list[Example]]]
+    histogram: tuple[list[float], list[int]]
+    logits_top: list[tuple[str, float]]
+    logits_bottom: list[tuple[str, float]]
+    nearest: list[tuple[int, float]]
+    refusal_cos: float | None
+    refusal_cos_layers: list[float] | None
+    harmful_vs_harmless: dict[str, tuple[float, float]]
+    quantiles: dict[str, float]
+    attribution: tuple[float, float] | None
+
+
+class LatentCache:
+    """A built latent cache for one SAE.
+
+    Args:
+        directory: the cache directory (`cache/latents/<model>/<hook>/`).
+        sae_fingerprint: if given, the cache must have been built from an SAE with these weights.
+        model_fingerprint: if given, from a model with these weights (`explorer.models.model_fingerprint`).
+        corpus_fingerprint: if given, from this corpus.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        sae_fingerprint: str | None = None,
+        model_fingerprint: str | None = None,
+        corpus_fingerprint: str | None = None,
+    ):
+        self.directory = directory
+        manifest_path = directory / MANIFEST_FILE
+        if not manifest_path.is_file():
+            raise CacheError(
+                f"no latent cache at {directory} ({MANIFEST_FILE} is missing); run `explorer build`"
+            )
+        try:
+            self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise CacheError(f"{manifest_path} is corrupt ({e}); rebuild the cache") from e
+        schema = self.manifest.get("schema_version", 0)
+        if schema > SCHEMA_VERSION:
+            raise CacheError(
+                f"{manifest_path} has schema {schema}, newer than this explorer reads "
+                f"({SCHEMA_VERSION}); upgrade refusal-explorer"
+            )
+        if schema < SCHEMA_VERSION:
+            raise CacheError(
+                f"{manifest_path} has schema {schema}, older than this explorer's ({SCHEMA_VERSION}); "
+                "rebuild it with `explorer build` or `explorer cache build`"
+            )
+        wanted = (
+            ("sae_fingerprint", sae_fingerprint),
+            ("model_fingerprint", model_fingerprint),
+            ("corpus", corpus_fingerprint),
+        )
+        for name, want in wanted:
+            have = self.manifest.get(name)
+            if want is not None and have != want:
+                raise CacheError(
+                    f"{manifest_path} was built from {name} {have}, not the loaded {want}; rebuild it"
+                )
+        try:
+            self._arrays = safe_open(str(directory / ARRAYS_FILE), framework="pt")
+            tokens = safe_open(str(directory / TOKENS_FILE), framework="pt")
+            self._input_ids = tokens.get_tensor("input_ids")
+            self._vocab: list[str] = json.loads((directory / VOCAB_FILE).read_text())
+        except (OSError, SafetensorError, json.JSONDecodeError) as e:
+            raise CacheError(f"latent cache at {directory} is corrupt or truncated ({e}); rebuild it") from e
+        self.d_sae = int(self.manifest["sae"]["d_sae"])
+        self.seq_len = int(self.manifest["seq_len"])
+        self.grid = Grid(**self.manifest["grid"])
+        self._keys = set(self._arrays.keys())
+
+    def _row(self, name: str, latent: int) -> torch.Tensor:
+        return self._arrays.get_slice(name)[latent]
+
+    def _example(self, token: int, value: float, window: int) -> Example:
+        row, pos = divmod(token, self.seq_len)
+        lo, hi = max(pos - window, 0), min(pos + window + 1, self.seq_len)
+        ids = self._input_ids[row, lo:hi].tolist()
+        return Example(row, pos, value, [self._vocab[i] for i in ids], pos - lo)
+
+    def latent(self, latent: int, window: int = 10) -> LatentRecord:
+        """The record of one latent.
+
+        Raises:
+            CacheError: `latent` is out of range (the message gives the range).
+        """
+        if not 0 <= latent < self.d_sae:
+            raise CacheError(f"latent {latent} is out of range: this SAE has latents 0..{self.d_sae - 1}")
+        top_tokens, top_values = (
+            self._row("top_tokens", latent).tolist(),
+            self._row("top_values", latent).tolist(),
+        )
+        top = [self._example(t, v, window) for t, v in zip(top_tokens, top_values, strict=True) if t >= 0]
+        peak = float(self._row("max", latent))
+        n_int = int(self.manifest["config"]["n_intervals"])
+        itokens, ivalues = (
+            self._row("interval_tokens", latent).tolist(),
+            self._row("interval_values", latent).tolist(),
+        )
+        intervals = [
+            (
+                j * peak / n_int,
+                (j + 1) * peak / n_int,
+                [self._example(t, v, window) for t, v in zip(itokens[j], ivalues[j], strict=True) if t >= 0],
+            )
+            for j in range(n_int)
+        ]
+        edges = self.grid.edges().tolist()
+        counts = self._row("hist", latent).tolist()
+        used = [i for i, c in enumerate(counts) if c]
+        span = range(used[0], used[-1] + 1) if used else range(0)
+        refusal = "refusal_cos" in self._keys
+        post, prompt = self._row("post_mean", latent).tolist(), self._row("prompt_mean", latent).tolist()
+        return LatentRecord(
+            latent=latent,
+            density=float(self._row("density", latent)),
+            max=peak,
+            mean_active=float(self._row("mean_active", latent)),
+            std_active=float(self._row("std_active", latent)),
+            top_examples=top,
+            intervals=intervals,
+            histogram=(
+                [edges[i] for i in span] + ([edges[span[-1] + 1]] if used else []),
+                [counts[i] for i in span],
+            ),
+            logits_top=self._logits("logit_top", latent),
+            logits_bottom=self._logits("logit_bottom", latent),
+            nearest=list(
+                zip(
+                    self._row("nearest_ids", latent).tolist(),
+                    self._row("nearest_cos", latent).tolist(),
+                    strict=True,
+                )
+            ),
+            refusal_cos=float(self._row("refusal_cos", latent)) if refusal else None,
+            refusal_cos_layers=self._row("refusal_cos_layers", latent).tolist() if refusal else None,
+            harmful_vs_harmless={"post_instruction": (post[0], post[1]), "prompt": (prompt[0], prompt[1])},
+            quantiles={
+                f"p{q * 100:g}": v
+                for q, v in zip(QUANTILES, self._row("quantiles", latent).tolist(), strict=True)
+            },
+            attribution=self._pair("attribution", latent) if "attribution" in self._keys else None,
+        )
+
+    def _pair(self, name: str, latent: int) -> tuple[float, float]:
+        harmful, harmless = self._row(name, latent).tolist()
+        return harmful, harmless
+
+    def _logits(self, name: str, latent: int) -> list[tuple[str, float]]:
+        ids, values = self._row(f"{name}_ids", latent).tolist(), self._row(name, latent).tolist()
+        return [(self._vocab[i], v) for i, v in zip(ids, values, strict=True)]
+
+    def column(self, name: str) -> torch.Tensor:
+        """One per-latent array, whole (e.g. "max": [d_sae]).
+
+        Raises:
+            CacheError: the cache has no such array.
+        """
+        if name not in self._keys:
+            raise CacheError(f"latent cache at {self.directory} has no {name!r}; it has {sorted(self._keys)}")
+        return self._arrays.get_tensor(name)
+
+    def top_latents(self, column: str = "refusal_cos", n: int = 10) -> list[int]:
+        """The `n` latents with the highest values of a per-latent column, highest first (by default the
+        latents whose decoder rows are most aligned with the refusal direction).
+
+        Raises:
+            CacheError: the cache has no such column (e.g. built without a refusal direction).
+        """
+        return [int(i) for i in self.column(column).argsort(descending=True, stable=True)[:n]]
+
+    def table(self) -> dict[str, list[float]]:
+        """Per-latent columns for sorting and filtering the whole SAE (density, max, refusal cosine, ...).
+
+        `post_diff` / `prompt_diff` are harmful minus harmless mean activation.
+        """
+        out: dict[str, list[float]] = {"latent": list(range(self.d_sae))}
+        for name in TABLE_COLUMNS:
+            if name not in self._keys:
+                continue
+            tensor = self._arrays.get_tensor(name)
+            if tensor.dim() == 2:
+                out[f"{name}_harmful"], out[f"{name}_harmless"] = tensor[:, 0].tolist(), tensor[:, 1].tolist()
+                out[f"{name.removesuffix('_mean')}_diff"] = (tensor[:, 0] - tensor[:, 1]).tolist()
+            else:
+                out[name] = tensor.double().tolist()
+        return out
