@@ -112,6 +112,30 @@ def test_side_by_side_columns_equal_separate_runs(steerer: Steerer, sampling: Sa
     assert result.spec["provenance"]["seed"] == sampling.seed
 
 
+def test_each_column_continues_its_own_conversation(steerer: Steerer) -> None:
+    """A multi-turn chat: the default column's history holds the default replies, the steered column's
+    the steered ones; each column equals a run of its own conversation alone."""
+    spec = SteeringSpec((Clamp(HOOK, 3, "set", 40.0),))
+    first = generate_side_by_side(steerer, PROMPT, spec, GREEDY)
+    assert first.default.text != first.steered.text
+    turn = {"role": "user", "content": "And about crows?"}
+    default_chat = [
+        {"role": "user", "content": PROMPT},
+        {"role": "assistant", "content": first.default.text},
+        turn,
+    ]
+    steered_chat = [
+        {"role": "user", "content": PROMPT},
+        {"role": "assistant", "content": first.steered.text},
+        turn,
+    ]
+    second = generate_side_by_side(steerer, default_chat, spec, GREEDY, steered_conversation=steered_chat)
+    assert second.default.token_ids == decode(steerer, [default_chat], None, sampling=GREEDY)[0].token_ids
+    assert second.steered.token_ids == decode(steerer, [steered_chat], spec, sampling=GREEDY)[0].token_ids
+    assert first.default.text in second.prompt_text and first.steered.text not in second.prompt_text
+    assert first.steered.text in second.steered_prompt_text
+
+
 def test_concurrent_requests_never_see_each_others_clamps(steerer: Steerer) -> None:
     specs = [
         SteeringSpec((Clamp(HOOK, latent, "set", value),))

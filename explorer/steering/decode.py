@@ -95,7 +95,12 @@ class Reply:
 
 @dataclass(frozen=True)
 class SideBySide:
-    """The default and steered replies to one conversation, and how they were made."""
+    """The default and steered replies, and how they were made.
+
+    Attributes:
+        prompt_text: the default column's chat-templated prompt; steered_prompt_text: the steered
+            column's (the same text unless each column kept its own multi-turn history).
+    """
 
     prompt_text: str
     default: Reply
@@ -103,6 +108,7 @@ class SideBySide:
     spec: dict[str, Any]
     sampling: dict[str, Any]
     latent_labels: list[str]
+    steered_prompt_text: str
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -308,28 +314,40 @@ def generate_side_by_side(
     spec: SteeringSpec,
     sampling: SamplingConfig | None = None,
     *,
+    steered_conversation: Conversation | None = None,
     system: str | None = None,
     on_step: StepCallback | None = None,
 ) -> SideBySide:
-    """The default and the steered reply to one conversation, generated in one batch of two (same seed).
+    """The default and the steered reply, generated in one batch of two (same seed).
 
     Args:
-        conversation: a prompt or a multi-turn list of chat messages.
+        conversation: a prompt or a multi-turn list of chat messages, for the default column.
         spec: the steering for the second column.
+        steered_conversation: the steered column's own conversation, when it differs (a multi-turn chat in
+            which each column keeps its own earlier replies); default: `conversation`.
         on_step: streaming callback; row 0 is the default column, row 1 the steered one.
     """
     sampling = sampling or SamplingConfig()
+    steered_conversation = conversation if steered_conversation is None else steered_conversation
     default, steered = decode(
-        steerer, [conversation, conversation], spec, [False, True], sampling, system=system, on_step=on_step
+        steerer,
+        [conversation, steered_conversation],
+        spec,
+        [False, True],
+        sampling,
+        system=system,
+        on_step=on_step,
     )
     provenance = {**spec.provenance, "seed": sampling.seed, "judge": getattr(steerer.judge, "name", "judge")}
+    tokenizer = steerer.loaded.tokenizer
     return SideBySide(
-        format_chat(steerer.loaded.tokenizer, to_messages(conversation, system)),
+        format_chat(tokenizer, to_messages(conversation, system)),
         default,
         steered,
         {**spec.to_dict(), "provenance": provenance},
         sampling.to_dict(),
         latent_labels(spec),
+        format_chat(tokenizer, to_messages(steered_conversation, system)),
     )
 
 
