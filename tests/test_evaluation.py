@@ -4,17 +4,24 @@ rates and the trade-off outputs are well formed, and the CLI prints both columns
 from __future__ import annotations
 
 import json
+import math
+import threading
+from collections.abc import Callable
+from copy import deepcopy
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from explorer.cli.main import main
+from explorer.core.generation import SamplingConfig, encode_chats, generate
+from explorer.core.hooks import capture, forward
 from explorer.core.models import LoadedModel
 from explorer.core.prompts import DataError, builtin_prompts
 from explorer.saes.corpus import Corpus, CorpusConfig, build_corpus
 from explorer.saes.loading import wrap_sae
-from explorer.steering.decode import Steerer
+from explorer.steering.decode import Steerer, generate_side_by_side
 from explorer.steering.evaluation import (
     EvalConfig,
     MCItem,
@@ -26,10 +33,12 @@ from explorer.steering.evaluation import (
     sweep_specs,
     trade_off_figure,
 )
+from explorer.steering.hooks import StepState
 from explorer.steering.spec import Clamp, SteeringSpec
 from tests.helpers import tiny_sae
 
 HOOK = "blocks.2.hook_resid_pre"
+PROMPT = "Tell me about owls."
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +122,110 @@ def test_cli_generate_prints_default_and_steered_columns(
     assert "latent 32 is out of range" in capsys.readouterr().err
     assert main([*args[:-3], "--clamp", f"{HOOK}:3=set:nan"]) == 2
     assert "finite" in capsys.readouterr().err
+
+
+class _Reached(Exception):  # noqa: N818 -- a signal, not an error
+    """Raised by the device check once a forward pass is reached with every input on the model's device."""
+
+
+def _device_checked(model: torch.nn.Module) -> torch.nn.Module:
+    """A meta-device copy of `model` whose forward checks its inputs' devices, then stops with `_Reached`."""
+    copy = deepcopy(model).to("meta")
+
+    def check(_module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        tensors = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
+        assert tensors and {t.device.type for t in tensors} == {"meta"}, [str(t.device) for t in tensors]
+        raise _Reached
+
+    copy.register_forward_pre_hook(check, with_kwargs=True)
+    return copy
+
+
+def test_every_forward_input_is_on_the_models_device(steerer: Steerer, corpus: Corpus) -> None:
+    """A model on another device than the CPU (here: meta) gets token ids and masks on its own device."""
+    elsewhere = replace(steerer, loaded=replace(steerer.loaded, model=_device_checked(steerer.loaded.model)))
+    spec = SteeringSpec((Clamp(HOOK, 3, "add", 5.0),))
+    rows = [r for r in range(len(corpus.sequences)) if corpus.sequences[r].kind == "chat"]
+    with pytest.raises(_Reached):
+        capability_cost(elsewhere, spec, corpus, rows)
+    with pytest.raises(_Reached):
+        mc_accuracy(elsewhere, spec, [MCItem("What is 2 + 2?", ["4", "5"], 0)])
+
+
+def test_evaluation_in_bfloat16_keeps_the_models_dtype(steerer: Steerer, corpus: Corpus) -> None:
+    """The sweep runs on a bfloat16 model, its residual stays bfloat16 under steering, and its numbers are
+    the float32 model's within bfloat16 precision."""
+    half = replace(steerer, loaded=replace(steerer.loaded, model=deepcopy(steerer.loaded.model).bfloat16()))
+    spec = SteeringSpec((Clamp(HOOK, 3, "add", 200.0),))
+    rows = [r for r in range(len(corpus.sequences)) if corpus.sequences[r].kind == "chat"]
+    ce32, kl32 = capability_cost(steerer, spec, corpus, rows)
+    ce16, kl16 = capability_cost(half, spec, corpus, rows)
+    assert ce32 > 0.5 and kl32 > 0.01  # the clamp costs something to measure
+    assert kl16 == pytest.approx(kl32, rel=0.1) and ce16 == pytest.approx(ce32, rel=0.1)
+    _, batch = encode_chats(half.loaded, ["Tell me about owls."])
+    state = StepState(real=batch["attention_mask"].bool(), mask=batch["attention_mask"].bool())
+    later = f"blocks.{half.loaded.n_layers - 1}.hook_resid_post"
+    with capture(half.loaded.model, [HOOK, later]) as seen:
+        forward(half.loaded.model, half.hooks(spec, state, record=True), **batch, use_cache=False)
+    assert {t.dtype for t in (seen[HOOK][0], seen[later][0])} == {torch.bfloat16}
+    config = EvalConfig(split="test", n_harmful=2, n_harmless=2, max_new_tokens=3, loss_rows=4)
+    points = evaluate(half, [("add 50", 50.0, spec)], corpus, config)
+    assert all(math.isfinite(p.kl) for p in points) and points[1].kl > 0
+
+
+def test_a_sweep_beside_steered_and_plain_generation_sees_none_of_their_hooks(
+    steerer: Steerer, corpus: Corpus
+) -> None:
+    """Browser sessions share one model: a sweep, a steered side by side and a plain generation running at
+    the same time each get exactly what they get alone."""
+    settings = sweep_specs("set", [(HOOK, 3)], [1.0, 20.0], "max")
+    config = EvalConfig(split="test", n_harmful=2, n_harmless=2, max_new_tokens=3, loss_rows=4)
+    alone = evaluate(steerer, settings, corpus, config)
+    clamp = SteeringSpec((Clamp(HOOK, 5, "add", 80.0),))
+    sampling = SamplingConfig(max_new_tokens=6)
+    plain_alone = generate(steerer.loaded, [PROMPT], sampling)[0].text
+    steered_alone = generate_side_by_side(steerer, PROMPT, clamp, sampling).steered.token_ids
+    done = threading.Event()
+    seen: dict[str, list] = {"plain": [], "steered": []}
+    errors: list[BaseException] = []
+    swept: list = []
+
+    def guarded(work: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                work()
+            except BaseException as e:  # surfaced below; a thread's exception is otherwise lost
+                errors.append(e)
+                done.set()
+
+        return run
+
+    def sweep() -> None:
+        swept.extend(evaluate(steerer, settings, corpus, config))
+        done.set()
+
+    def steer() -> None:
+        while not done.is_set():
+            seen["steered"].append(generate_side_by_side(steerer, PROMPT, clamp, sampling).steered.token_ids)
+
+    def plain() -> None:
+        while not done.is_set():
+            seen["plain"].append(generate(steerer.loaded, [PROMPT], sampling)[0].text)
+
+    threads = [threading.Thread(target=guarded(f)) for f in (steer, plain, sweep)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not errors, errors
+    assert seen["plain"] and set(seen["plain"]) == {plain_alone}
+    assert seen["steered"] and all(ids == steered_alone for ids in seen["steered"])
+    for a, b in zip(alone, swept, strict=True):
+        assert (a.label, a.refusal_harmful, a.refusal_harmless) == (
+            b.label,
+            b.refusal_harmful,
+            b.refusal_harmless,
+        )
+        assert b.ce_increase == pytest.approx(a.ce_increase, abs=1e-6) and b.kl == pytest.approx(
+            a.kl, abs=1e-6
+        )

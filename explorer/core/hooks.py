@@ -3,6 +3,11 @@
 Names are ``blocks.{i}.hook_resid_pre`` (the input of decoder layer i) and ``blocks.{i}.hook_resid_post``
 (its output). Every hook is attached inside a context manager that removes it in ``finally``, and holds
 the model's lock meanwhile, so a hooked forward pass never runs beside another thread's.
+
+`forward` is the one way the library runs a forward pass on a model that may be shared (one model per
+process serves every browser session): it takes the model's lock and attaches the caller's hooks for that
+pass only, so no pass ever sees another caller's hooks, and an unhooked pass never runs while another
+thread's hooks are attached.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
+
+from explorer.core.few_rows import few_row_linear
 
 Site = Literal["pre", "post"]
 HookFn = Callable[[torch.Tensor, str], torch.Tensor | None]
@@ -155,6 +162,31 @@ def capture(model: nn.Module, names: Iterable[str]) -> Iterator[dict[str, list[t
         yield store
 
 
+def forward(
+    model: nn.Module,
+    hooks: Mapping[str, HookFn] | None = None,
+    *,
+    few_rows: bool = False,
+    **inputs: Any,
+) -> Any:
+    """Run `model(**inputs)` once with the model's lock held and `hooks` attached for this pass only.
+
+    Args:
+        model: a Hugging Face decoder model, possibly shared between threads.
+        hooks: hook name -> edit function, as for `intervene` (None or empty: a plain pass, still locked).
+        few_rows: compute linear layers on a few rows as W @ Xᵀ (token-by-token decoding on CPU).
+        inputs: the model's keyword arguments (input_ids [batch, pos], attention_mask, ...).
+
+    Returns:
+        The model's output.
+    """
+    with intervene(model, hooks or {}):
+        if not few_rows:
+            return model(**inputs)
+        with few_row_linear(next(model.parameters()).device):
+            return model(**inputs)
+
+
 class _StopForward(Exception):  # noqa: N818 -- a signal, not an error
     """Raised inside a hook to end a forward pass once every requested activation is captured."""
 
@@ -188,6 +220,6 @@ def run_to(
     def stop(_act: torch.Tensor, _name: str) -> None:
         raise _StopForward
 
-    with capture(model, names) as store, intervene(model, {deepest: stop}), suppress(_StopForward):
-        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    with capture(model, names) as store, suppress(_StopForward):
+        forward(model, {deepest: stop}, input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     return {name: store[name][0] for name in names}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import random
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -67,6 +68,34 @@ def builtin_prompts(label: Label, split: Split | Sequence[Split] | None = None) 
     text = resources.files("explorer").joinpath("prompts", f"{label}.jsonl").read_text(encoding="utf-8")
     records = _parse_jsonl(text.splitlines(), f"builtin:{label}.jsonl", label, "builtin")
     return filter_split(records, split)
+
+
+def stratified_sample(records: Sequence[PromptRecord], n: int | None, seed: int = 0) -> list[PromptRecord]:
+    """`n` records spread evenly over their categories, the same ones for the same seed.
+
+    The prompt files list each split category by category, so the first `n` records would cover only the
+    first few categories. Here the categories are visited in a seeded order, taking each one's records in
+    a seeded order, one per category per round, until `n` are taken.
+
+    Args:
+        records: the pool (e.g. one label's test split).
+        n: how many to take; None (or more than there are) takes every record, in file order.
+        seed: fixes which records are taken.
+    """
+    if n is None or n >= len(records):
+        return list(records)
+    rng = random.Random(seed)
+    groups: dict[str, list[PromptRecord]] = {}
+    for record in records:
+        groups.setdefault(record.category, []).append(record)
+    queues = [rng.sample(group, len(group)) for _, group in sorted(groups.items())]
+    rng.shuffle(queues)
+    taken: list[PromptRecord] = []
+    while len(taken) < n:
+        for queue in queues:
+            if queue and len(taken) < n:
+                taken.append(queue.pop())
+    return taken
 
 
 def filter_split(

@@ -20,7 +20,7 @@ import torch
 from transformers import BatchEncoding
 
 from explorer.core.generation import encode_chats
-from explorer.core.hooks import intervene, parse_hook_name, run_to
+from explorer.core.hooks import forward, parse_hook_name, run_to
 from explorer.core.models import LoadedModel, special_token_ids
 from explorer.saes.loading import LoadedSAE
 
@@ -100,8 +100,8 @@ def _grad_batch(
         acts[name] = act
         return act
 
-    with torch.enable_grad(), intervene(loaded.model, dict.fromkeys(hooks, keep)):
-        logits = loaded.model(**batch, use_cache=False).logits[:, -1]  # pyright: ignore[reportCallIssue]
+    with torch.enable_grad():
+        logits = forward(loaded.model, dict.fromkeys(hooks, keep), **batch, use_cache=False).logits[:, -1]
         score = refusal_log_odds(logits, token_ids).sum()
         grads = dict(zip(hooks, torch.autograd.grad(score, [acts[h] for h in hooks]), strict=True))
     out = {}
@@ -136,8 +136,7 @@ def _ig_batch(
                 out[mask] = edited.to(act.dtype)
                 return out
 
-            with intervene(loaded.model, {sae.hook: splice}):
-                logits = loaded.model(**batch, use_cache=False).logits[:, -1]  # pyright: ignore[reportCallIssue]
+            logits = forward(loaded.model, {sae.hook: splice}, **batch, use_cache=False).logits[:, -1]
             (grad,) = torch.autograd.grad(refusal_log_odds(logits, token_ids).sum(), [scaled])
         total += grad.float()
     return (f.float() * total / steps).sum(0)

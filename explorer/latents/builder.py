@@ -29,7 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from explorer import __version__
-from explorer.core.hooks import model_lock, run_to
+from explorer.core.hooks import run_to
 from explorer.core.models import LoadedModel, model_fingerprint
 from explorer.core.paths import atomic_directory, write_json_atomic
 from explorer.latents.effects import direction_cosines, logit_effects, nearest_latents
@@ -163,7 +163,7 @@ def model_batches(
         width = max(int(lengths.max()), 1)  # right-padded rows: trim to the longest
         ids = corpus.input_ids[chunk, :width].long().to(loaded.device)
         attention = (torch.arange(width)[None, :] < lengths[:, None]).long().to(loaded.device)
-        with model_lock(loaded.model), torch.no_grad():
+        with torch.no_grad():
             acts = run_to(loaded.model, ids, [hook], attention_mask=attention)[hook]
         keep = corpus.mask[chunk, :width]
         where = keep.nonzero()

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from explorer.core.generation import encode_chats
-from explorer.core.hooks import HookFn, capture, intervene
+from explorer.core.hooks import HookFn, capture, forward
 from explorer.core.models import LoadedModel
 from explorer.core.prompts import DataError, chat_messages, format_chat
 from explorer.refusal.direction import location_names
@@ -123,7 +123,7 @@ def mean_activations(
     for chunk in tqdm(chunks, desc="mean activations", unit="batch", disable=not progress):
         _, batch = encode_chats(loaded, chunk)
         with capture(loaded.model, names) as store:
-            loaded.model(**batch, use_cache=False)
+            forward(loaded.model, **batch, use_cache=False)
         for i, name in enumerate(names):
             total[i] += store[name][0][:, -n_positions:].double().sum(0).cpu()
     return (total / len(prompts)).float()
@@ -174,8 +174,7 @@ def first_token_logprobs(
     rows = []
     for chunk in _batches(prompts, batch_size):
         _, batch = encode_chats(loaded, chunk)
-        with intervene(loaded.model, hooks or {}):
-            logits = loaded.model(**batch, use_cache=False).logits[:, -1]
+        logits = forward(loaded.model, hooks, **batch, use_cache=False).logits[:, -1]
         rows.append(logits.float().log_softmax(-1).cpu())
     return torch.cat(rows)
 

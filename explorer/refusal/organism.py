@@ -25,6 +25,7 @@ from transformers import PreTrainedModel
 
 from explorer import __version__
 from explorer.core.generation import SamplingConfig, encode_chats, generate
+from explorer.core.hooks import forward
 from explorer.core.judge import SubstringJudge, refusal_rate
 from explorer.core.models import (
     DEFAULT_NAME,
@@ -310,8 +311,10 @@ def next_token_kl(
         mask = torch.cat([batch["attention_mask"], answer_mask], dim=1)
         # Position n_prompt - 1 predicts the first answer token, n_prompt - 1 + k the token after k of them.
         span = slice(n_prompt - 1, n_prompt - 1 + width)
-        logp = base.model(input_ids=ids, attention_mask=mask).logits[:, span].float().log_softmax(-1)
-        logq = tuned.model(input_ids=ids, attention_mask=mask).logits[:, span].float().log_softmax(-1)
+        logp = forward(base.model, input_ids=ids, attention_mask=mask).logits[:, span].float().log_softmax(-1)
+        logq = (
+            forward(tuned.model, input_ids=ids, attention_mask=mask).logits[:, span].float().log_softmax(-1)
+        )
         kl = kl_divergence(logp, logq)  # [batch, width]
         for r, a in enumerate(rows):
             first.append(kl[r, 0].item())

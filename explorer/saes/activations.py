@@ -25,7 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from explorer.core.hooks import model_lock, parse_hook_name, run_to
+from explorer.core.hooks import parse_hook_name, run_to
 from explorer.core.models import LoadedModel
 from explorer.core.paths import atomic_directory, cache_dir, write_json_atomic
 from explorer.saes.corpus import Corpus, Part
@@ -116,7 +116,7 @@ def collect(
             ids = corpus.input_ids[chunk, :width].long().to(loaded.device)
             keep = corpus.mask[chunk, :width]
             attention = (torch.arange(width)[None, :] < lengths[:, None]).long().to(loaded.device)
-            with model_lock(loaded.model), torch.no_grad():
+            with torch.no_grad():
                 acts = run_to(loaded.model, ids, hooks, attention_mask=attention)
             forward_tokens += int(attention.sum())
             where = keep.nonzero()

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from explorer.core.hooks import intervene, model_lock, parse_hook_name
+from explorer.core.hooks import forward, parse_hook_name
 from explorer.core.models import LoadedModel
 from explorer.saes.activations import Activations
 from explorer.saes.corpus import Corpus
@@ -137,8 +137,7 @@ def _summed_ce(
     edits: dict[str, Any],
 ) -> float:
     """Sum of next-token CE over `scored` positions of one batch, with `edits` applied."""
-    with model_lock(loaded.model), intervene(loaded.model, edits):
-        logits = loaded.model(input_ids=ids, attention_mask=attention, use_cache=False).logits
+    logits = forward(loaded.model, edits, input_ids=ids, attention_mask=attention, use_cache=False).logits
     loss = torch.nn.functional.cross_entropy(
         logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none"
     )

@@ -19,9 +19,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from explorer.core.few_rows import few_row_linear
 from explorer.core.generation import Conversation, SamplingConfig, encode_chats, to_messages
-from explorer.core.hooks import HookFn, intervene
+from explorer.core.hooks import HookFn, forward
 from explorer.core.judge import Judge, SubstringJudge
 from explorer.core.models import LoadedModel
 from explorer.core.prompts import format_chat
@@ -239,18 +238,20 @@ def decode(
     inputs, past = batch["input_ids"], None
     for t in range(sampling.max_new_tokens):
         live = torch.tensor([not f for f in finished])
-        state.real = real & live[:, None]
-        state.mask = state.real & rows[:, None] & _in_scope(spec.scope, t == 0)
+        state.real = (real & live[:, None]).to(device)
+        state.mask = state.real & rows[:, None].to(device) & _in_scope(spec.scope, t == 0)
         state.gate, state.record = None, {}
-        with intervene(loaded.model, hooks), few_row_linear(device):
-            out = loaded.model(  # pyright: ignore[reportCallIssue]
-                input_ids=inputs.to(device),
-                attention_mask=attention.to(device),
-                position_ids=positions.to(device),
-                past_key_values=past,
-                use_cache=True,
-                logits_to_keep=1,  # the prefill would otherwise unembed every prompt position
-            )
+        out = forward(
+            loaded.model,
+            hooks,
+            few_rows=True,
+            input_ids=inputs.to(device),
+            attention_mask=attention.to(device),
+            position_ids=positions.to(device),
+            past_key_values=past,
+            use_cache=True,
+            logits_to_keep=1,  # the prefill would otherwise unembed every prompt position
+        )
         past = out.past_key_values
         tokens = sample_next(out.logits[:, -1], history, generated, sampling, generators)
         events: list[TokenStep | None] = []

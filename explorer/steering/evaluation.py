@@ -27,9 +27,17 @@ from typing import Any, Literal
 import torch
 
 from explorer.core.generation import SamplingConfig
-from explorer.core.hooks import intervene
+from explorer.core.hooks import forward
 from explorer.core.judge import Verdict, refusal_rate
-from explorer.core.prompts import DataError, Split, builtin_prompts, chat_messages, format_chat
+from explorer.core.prompts import (
+    DataError,
+    Split,
+    builtin_prompts,
+    chat_messages,
+    format_chat,
+    stratified_sample,
+)
+from explorer.refusal.candidates import kl_divergence
 from explorer.saes.corpus import Corpus
 from explorer.steering.decode import Steerer, decode_many
 from explorer.steering.hooks import StepState
@@ -44,7 +52,9 @@ class EvalConfig:
 
     Attributes:
         split: prompt split the refusal rates are measured on (never the train split the organism saw).
-        n_harmful, n_harmless: prompts per label (None: the whole split).
+        n_harmful, n_harmless: prompts per label, sampled evenly over the categories (None: the whole
+            split).
+        seed: which prompts a sample of `n_harmful` / `n_harmless` takes.
         max_new_tokens: reply length judged (refusals show in the first tokens).
         batch_size: prompts per generation batch.
         loss_rows: held-out harmless transcripts for the CE and KL measurements.
@@ -56,6 +66,7 @@ class EvalConfig:
     max_new_tokens: int = 32
     batch_size: int = 32
     loss_rows: int = 32
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.batch_size < 1 or self.loss_rows < 0:
@@ -143,8 +154,8 @@ def load_mc_file(path: str | Path) -> list[MCItem]:
 
 
 def _state_for(spec: SteeringSpec, mask: torch.Tensor, n_prompt: torch.Tensor) -> StepState:
-    """Teacher-forced steering masks: the reply positions play the generated tokens."""
-    positions = torch.arange(mask.shape[1])[None, :]
+    """Teacher-forced steering masks (on `mask`'s device): the reply positions play the generated tokens."""
+    positions = torch.arange(mask.shape[1], device=mask.device)[None, :]
     state = StepState(real=mask)
     if spec.scope == "prompt":
         state.mask = mask & (positions < n_prompt[:, None])
@@ -160,32 +171,31 @@ def capability_cost(
     steerer: Steerer, spec: SteeringSpec, corpus: Corpus, rows: Sequence[int], batch_size: int = 8
 ) -> tuple[float, float]:
     """(CE increase in nats, mean KL(unsteered || steered)) over the reply tokens of `rows`."""
-    loaded = steerer.loaded
+    loaded, device = steerer.loaded, steerer.loaded.device
     total_ce = total_kl = 0.0
     count = 0
     for start in range(0, len(rows), batch_size):
         chunk = list(rows[start : start + batch_size])
-        lengths = torch.tensor([corpus.sequences[r].length for r in chunk])
-        n_prompt = torch.tensor([corpus.sequences[r].n_prompt for r in chunk])
-        width = int(lengths.max())
-        ids = corpus.input_ids[chunk, :width].long()
-        attention = (torch.arange(width)[None, :] < lengths[:, None]).long()
-        positions = torch.arange(width)[None, :]
+        width = max(corpus.sequences[r].length for r in chunk)
+        lengths = torch.tensor([corpus.sequences[r].length for r in chunk], device=device)
+        n_prompt = torch.tensor([corpus.sequences[r].n_prompt for r in chunk], device=device)
+        ids = corpus.input_ids[chunk, :width].long().to(device)
+        positions = torch.arange(width, device=device)[None, :]
+        attention = (positions < lengths[:, None]).long()
         real = attention.bool() & (positions > 0)
         # Position p predicts token p + 1: score predictions of reply tokens only.
         scored = (positions >= n_prompt[:, None] - 1) & (positions < lengths[:, None] - 1)
-        clean = loaded.model(input_ids=ids, attention_mask=attention, use_cache=False).logits.float()  # pyright: ignore[reportCallIssue]
-        state = _state_for(spec, real, n_prompt)
-        hooks = steerer.hooks(spec, state, record=False)
-        with intervene(loaded.model, hooks):
-            steered = loaded.model(input_ids=ids, attention_mask=attention, use_cache=False).logits.float()  # pyright: ignore[reportCallIssue]
+        inputs = {"input_ids": ids, "attention_mask": attention, "use_cache": False}
+        clean = forward(loaded.model, **inputs).logits.float()
+        hooks = steerer.hooks(spec, _state_for(spec, real, n_prompt), record=False)
+        steered = forward(loaded.model, hooks, **inputs).logits.float()
         targets = ids[:, 1:]
         logp_clean = clean[:, :-1].log_softmax(-1)
         logp_steered = steered[:, :-1].log_softmax(-1)
         keep = scored[:, :-1]
         nll_clean = -logp_clean.gather(-1, targets[..., None])[..., 0][keep]
         nll_steered = -logp_steered.gather(-1, targets[..., None])[..., 0][keep]
-        kl = (logp_clean.exp() * (logp_clean - logp_steered)).sum(-1)[keep]
+        kl = kl_divergence(logp_clean, logp_steered)[keep]
         total_ce += float((nll_steered - nll_clean).sum())
         total_kl += float(kl.sum())
         count += int(keep.sum())
@@ -195,7 +205,7 @@ def capability_cost(
 @torch.no_grad()
 def mc_accuracy(steerer: Steerer, spec: SteeringSpec, items: Sequence[MCItem]) -> float:
     """Fraction of questions whose right choice has the highest summed log-likelihood as the reply."""
-    loaded = steerer.loaded
+    loaded, device = steerer.loaded, steerer.loaded.device
     right = 0
     for item in items:
         prompt = format_chat(loaded.tokenizer, chat_messages(item.question))
@@ -203,12 +213,11 @@ def mc_accuracy(steerer: Steerer, spec: SteeringSpec, items: Sequence[MCItem]) -
         scores = []
         for choice in item.choices:
             choice_ids = loaded.tokenizer(choice, add_special_tokens=False)["input_ids"]
-            ids = torch.tensor([list(prompt_ids) + list(choice_ids)])  # pyright: ignore[reportArgumentType]
-            real = torch.arange(ids.shape[1])[None, :] > 0
-            state = _state_for(spec, real, torch.tensor([len(prompt_ids)]))  # pyright: ignore[reportArgumentType]
-            hooks = steerer.hooks(spec, state, record=False)
-            with intervene(loaded.model, hooks):
-                logits = loaded.model(input_ids=ids, use_cache=False).logits[0].float()  # pyright: ignore[reportCallIssue]
+            ids = torch.tensor([list(prompt_ids) + list(choice_ids)], device=device)  # pyright: ignore[reportArgumentType]
+            real = torch.arange(ids.shape[1], device=device)[None, :] > 0
+            n_prompt = torch.tensor([len(prompt_ids)], device=device)  # pyright: ignore[reportArgumentType]
+            hooks = steerer.hooks(spec, _state_for(spec, real, n_prompt), record=False)
+            logits = forward(loaded.model, hooks, input_ids=ids, use_cache=False).logits[0].float()
             n = len(prompt_ids)  # pyright: ignore[reportArgumentType]
             logp = logits[n - 1 : -1].log_softmax(-1).gather(-1, ids[0, n:, None])
             scores.append(float(logp.sum()))
@@ -234,8 +243,14 @@ def evaluate(
             settings in all, the label just done), e.g. to drive a progress bar in the app.
     """
     config = config or EvalConfig()
-    harmful = [r.text for r in builtin_prompts("harmful", config.split)][: config.n_harmful]
-    harmless = [r.text for r in builtin_prompts("harmless", config.split)][: config.n_harmless]
+    harmful = [
+        r.text
+        for r in stratified_sample(builtin_prompts("harmful", config.split), config.n_harmful, config.seed)
+    ]
+    harmless = [
+        r.text
+        for r in stratified_sample(builtin_prompts("harmless", config.split), config.n_harmless, config.seed)
+    ]
     rows: list[int] = []
     if corpus is not None and config.loss_rows:
         candidates = [r for r in corpus.rows("heldout", "chat") if corpus.sequences[r].label == "harmless"]
