@@ -18,13 +18,12 @@ from explorer.saes.activations import ActivationError, collect, load_activations
 from explorer.saes.corpus import (
     CorpusConfig,
     CorpusError,
-    _pack,
     build_corpus,
     chat_rows,
     count_mask,
     load_corpus,
-    python_documents,
 )
+from explorer.saes.prose import pack_documents, python_documents
 from tests.helpers import tiny_config
 
 SMALL = CorpusConfig(seq_len=64, response_tokens=4, text_tokens=1500, batch_size=4)
@@ -46,8 +45,8 @@ def test_count_mask_excludes_first_position_padding_and_special_tokens() -> None
 
 
 def test_pack_cuts_a_separated_stream_into_windows() -> None:
-    assert _pack([[1, 2, 3], [4]], 3, [0]) == [[1, 2, 3], [0, 4, 0]]
-    assert _pack([[1, 2, 3]], 2, [9]) == [[1, 2], [3, 9]]
+    assert pack_documents([[1, 2, 3], [4]], 3, [0]) == [[1, 2, 3], [0, 4, 0]]
+    assert pack_documents([[1, 2, 3]], 2, [9]) == [[1, 2], [3, 9]]
 
 
 def test_python_documents_are_prose_in_a_fixed_order() -> None:

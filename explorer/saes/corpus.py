@@ -12,15 +12,12 @@ Transcripts of test-split prompts and a fixed fifth of the text documents are he
 
 from __future__ import annotations
 
-import ast
 import hashlib
-import io
 import json
 import logging
 import random
 import sysconfig
-import tokenize
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +30,7 @@ from transformers import PreTrainedTokenizerBase
 from explorer.core.models import LoadedModel, special_token_ids
 from explorer.core.paths import atomic_directory, cache_dir, write_json_atomic
 from explorer.core.prompts import PromptRecord, builtin_prompts, chat_messages, format_chat, records_hash
+from explorer.saes.prose import pack_documents, python_documents
 
 log = logging.getLogger(__name__)
 
@@ -159,73 +157,6 @@ def corpus_dir(model_name: str) -> Path:
 # --- general text -------------------------------------------------------------------------------
 
 
-def _comment_blocks(source: str) -> Iterator[tuple[int, str]]:
-    """Runs of consecutive full-line comments, joined into paragraphs, with their first line number."""
-    block: list[str] = []
-    start = last = 0
-    try:
-        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-            if tok.type != tokenize.COMMENT:
-                continue
-            line = tok.start[0]
-            text = tok.string.lstrip("#").strip()
-            if block and line == last + 1 and text:
-                block.append(text)
-            else:
-                if block:
-                    yield start, " ".join(block)
-                block, start = ([text], line) if text else ([], line)
-            last = line
-    except (tokenize.TokenError, SyntaxError):
-        pass
-    if block:
-        yield start, " ".join(block)
-
-
-def python_documents(min_chars: int = 160) -> list[tuple[str, str]]:
-    """English prose that ships with Python: (id, text) pairs in a fixed order.
-
-    Sources: the `pydoc_data` topic pages (the language reference as `help()` shows it), and the
-    docstrings and comment blocks of the standard library's modules (tests and IDLE excluded).
-    """
-    from pydoc_data.topics import topics
-
-    docs = [(f"pydoc:{name}", text.strip()) for name, text in sorted(topics.items())]
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    skip = {"site-packages", "test", "tests", "idlelib", "lib2to3", "__pycache__"}
-    for path in sorted(stdlib.rglob("*.py")):
-        rel = path.relative_to(stdlib)
-        if skip.intersection(rel.parts):
-            continue
-        try:
-            source = path.read_text(encoding="utf-8")
-            tree = ast.parse(source)
-        except (SyntaxError, UnicodeDecodeError, ValueError):
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
-                text = ast.get_docstring(node)
-                if text and len(text) >= min_chars:
-                    docs.append((f"doc:{rel}:{getattr(node, 'lineno', 0)}", text))
-        docs.extend(
-            (f"comment:{rel}:{line}", text)
-            for line, text in _comment_blocks(source)
-            if len(text) >= min_chars
-        )
-    return docs
-
-
-def _pack(docs: list[list[int]], seq_len: int, separator: list[int]) -> list[list[int]]:
-    """Concatenate tokenized documents with a separator and cut the stream into seq_len windows."""
-    stream: list[int] = []
-    for ids in docs:
-        stream.extend(ids)
-        stream.extend(separator)
-    return [
-        stream[i : i + seq_len] for i in range(0, len(stream), seq_len) if len(stream[i : i + seq_len]) > 1
-    ]
-
-
 def text_rows(
     tokenizer: PreTrainedTokenizerBase, config: CorpusConfig
 ) -> tuple[list[list[int]], list[SequenceInfo], dict[str, Any]]:
@@ -253,7 +184,7 @@ def text_rows(
     rows: list[list[int]] = []
     infos: list[SequenceInfo] = []
     for part in ("train", "heldout"):
-        for n, row in enumerate(_pack(chosen[part], config.seq_len, list(separator))):  # pyright: ignore[reportArgumentType]
+        for n, row in enumerate(pack_documents(chosen[part], config.seq_len, list(separator))):  # pyright: ignore[reportArgumentType]
             rows.append(row)
             infos.append(SequenceInfo(f"text:{part}:{n}", "text", part, None, 0, len(row)))
     meta = {
