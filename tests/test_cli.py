@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from explorer.cli.main import main
+from explorer.cli.main import build_parser, main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_generate_json(tiny_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -119,3 +123,34 @@ def test_sae_report_without_saes_says_how_to_build_them(
     monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path))
     assert main(["sae", "report"]) == 2
     assert "run `explorer sae train`" in capsys.readouterr().err
+
+
+def _subcommand(
+    parser: argparse.ArgumentParser, words: list[str]
+) -> tuple[argparse.ArgumentParser, list[str]]:
+    """The deepest subparser that `words` name, and the words left over."""
+    while words:
+        actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not actions or words[0] not in actions[0].choices:
+            break
+        parser, words = actions[0].choices[words[0]], words[1:]
+    return parser, words
+
+
+def test_every_command_the_library_tells_users_to_run_exists() -> None:
+    """Error messages and docs name commands like `explorer refusal --force`: each must parse."""
+    mentions = set()
+    for path in [*sorted((ROOT / "explorer").rglob("*.py")), *sorted((ROOT / "pages").glob("*.py"))]:
+        mentions.update(re.findall(r"`explorer ([a-z][^`]*)`", path.read_text(encoding="utf-8")))
+    assert len(mentions) > 10
+    parser = build_parser()
+    wrong = []
+    for mention in sorted(mentions):
+        for alternative in re.split(r"\s*\|\s*", mention):  # `explorer info | prompts` names two commands
+            words = alternative.replace("{", "").split()
+            sub, rest = _subcommand(parser, [w.split(",")[0] for w in words])
+            options = {s for a in sub._actions for s in a.option_strings}
+            unknown = [w for w in rest if w.startswith("--") and w not in options]
+            if sub is parser or unknown:
+                wrong.append(f"`explorer {mention}`: {unknown or 'no such command'}")
+    assert wrong == []

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import datasets
 import pytest
+from huggingface_hub.errors import OfflineModeIsEnabled
+from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerBase
 
 from explorer.core.prompts import (
@@ -105,11 +110,54 @@ def test_missing_and_wrong_kind_of_file(tmp_path: Path) -> None:
         load_prompt_file(tmp_path / "x.txt")
 
 
-def test_hub_datasets_unknown_name_and_offline() -> None:
+def _raise(error: BaseException) -> Callable[..., None]:
+    def fail(*_args: Any, **_kwargs: Any) -> None:
+        raise error
+
+    return fail
+
+
+def test_hub_datasets_unknown_name_and_offline(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(DataError, match="unknown dataset 'advbnch'"):
         load_hub_dataset("advbnch")
+    # What the hub client raises offline (an OSError subclass), without touching the network.
+    monkeypatch.setattr(datasets, "load_dataset", _raise(OfflineModeIsEnabled("offline mode is enabled")))
     with pytest.raises(DataError, match="offline"):
         load_hub_dataset("advbench")
+    monkeypatch.setattr(datasets, "load_dataset", _raise(ValueError("BuilderConfig 'x' not found")))
+    with pytest.raises(DataError, match="BuilderConfig") as wrong_config:
+        load_hub_dataset("advbench")
+    assert "offline" not in str(wrong_config.value)
+    monkeypatch.setattr(datasets, "load_dataset", _raise(TypeError("unexpected keyword 'splt'")))
+    with pytest.raises(TypeError, match="splt"):  # a bug is not re-labelled as "offline?"
+        load_hub_dataset("advbench")
+
+
+class _BrokenTemplate:
+    """A tokenizer whose chat template fails with a programming error, counting the attempts."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error, self.calls = error, 0
+
+    def apply_chat_template(self, *_args: Any, **_kwargs: Any) -> str:
+        self.calls += 1
+        raise self.error
+
+
+def test_only_a_template_error_counts_as_a_rejected_system_role() -> None:
+    messages = chat_messages("Hi?", system="Be terse.")
+    bug = _BrokenTemplate(KeyError("content"))
+    with pytest.raises(KeyError):
+        format_chat(bug, messages)  # pyright: ignore[reportArgumentType]
+    assert bug.calls == 1  # not retried with the system prompt merged into the user turn
+    missing = _BrokenTemplate(ValueError("tokenizer.chat_template is not set"))
+    with pytest.raises(DataError, match=r"chat template failed: tokenizer\.chat_template is not set"):
+        format_chat(missing, messages)  # pyright: ignore[reportArgumentType]
+    assert missing.calls == 1
+    rejected = _BrokenTemplate(TemplateError("no system role"))
+    with pytest.raises(DataError, match="also with the system prompt merged"):
+        format_chat(rejected, messages)  # pyright: ignore[reportArgumentType]
+    assert rejected.calls == 2
 
 
 def test_chat_template_with_and_without_system(tokenizer: PreTrainedTokenizerBase) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import threading
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from explorer.core import paths
 from explorer.core.generation import SamplingConfig, generate
 from explorer.core.models import (
     LoadedModel,
@@ -118,6 +121,53 @@ def test_atomic_directory_keeps_the_old_one_when_the_build_fails(tmp_path: Path)
         raise RuntimeError("killed")
     assert (final / "a.json").read_text().count('"v": 1') == 1
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def _replace_repeatedly(final: Path, writer: int, times: int, errors: list[BaseException]) -> None:
+    try:
+        for n in range(times):
+            with atomic_directory(final) as tmp:
+                (tmp / "a.json").write_text(json.dumps({"writer": writer, "n": n}))
+                (tmp / "b.json").write_text(json.dumps({"writer": writer, "n": n}))
+    except BaseException as e:  # surfaced by the test; a thread's exception is otherwise lost
+        errors.append(e)
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
+def test_atomic_directory_replacements_are_never_missing_or_mixed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exchange: bool
+) -> None:
+    """Two writers replace a directory 150 times each while a reader reads it: the reader always finds
+    a whole directory (both files from the same write), and the writers never trip over each other."""
+    if not exchange:  # a system without renameat2: the fallback must still never share a path
+        monkeypatch.setattr(paths, "_exchange", lambda _a, _b: False)
+    final = tmp_path / "out"
+    with atomic_directory(final) as tmp:
+        (tmp / "a.json").write_text(json.dumps({"writer": -1, "n": -1}))
+        (tmp / "b.json").write_text(json.dumps({"writer": -1, "n": -1}))
+    errors: list[BaseException] = []
+    writers = [threading.Thread(target=_replace_repeatedly, args=(final, w, 150, errors)) for w in (0, 1)]
+    for thread in writers:
+        thread.start()
+    missing = mixed = reads = 0
+    while any(thread.is_alive() for thread in writers):
+        try:
+            with (final / "a.json").open() as a:
+                pair = (json.load(a), json.loads((final / "b.json").read_text()))
+        except FileNotFoundError:
+            missing += 1
+            continue
+        reads += 1
+        # a whole directory; b.json may come from a later write than the a.json already opened
+        mixed += pair[0]["writer"] == pair[1]["writer"] and pair[0]["n"] > pair[1]["n"]
+    for thread in writers:
+        thread.join()
+    assert errors == []
+    assert reads > 0 and mixed == 0
+    if exchange:
+        assert missing == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert json.loads((final / "a.json").read_text())["n"] == 149
 
 
 @pytest.mark.integration

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from huggingface_hub.errors import OfflineModeIsEnabled
+from sae_lens import SAE
 
 from explorer.core.models import LoadedModel
 from explorer.saes.activations import Activations
@@ -198,9 +202,25 @@ def test_registry_specs_are_checked_before_any_download() -> None:
         load_sae("gemma-scope-2b-pt-res-typo:layer_15/width_16k/canonical")
     with pytest.raises(SAEError, match=r"has no SAE 'layer_99/width_16k/canonical'"):
         load_sae("gemma-scope-2b-pt-res-canonical:layer_99/width_16k/canonical")
-    # A real id fails here only because the hub is unreachable, and says so.
+
+
+def _raise(error: BaseException) -> Callable[..., None]:
+    def fail(*_args: Any, **_kwargs: Any) -> None:
+        raise error
+
+    return fail
+
+
+def test_a_real_id_that_cannot_be_fetched_says_so_and_bugs_stay_bugs(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = "gemma-scope-2b-pt-res-canonical:layer_15/width_16k/canonical"
+    # What the hub client raises offline (an OSError subclass), without touching the network.
+    monkeypatch.setattr(SAE, "from_pretrained", _raise(OfflineModeIsEnabled("offline mode is enabled")))
     with pytest.raises(SAEError, match=r"could not download .* gemma-2-2b"):
-        load_sae("gemma-scope-2b-pt-res-canonical:layer_15/width_16k/canonical")
+        load_sae(spec)
+    # A programming error is not re-labelled as "offline or no access?".
+    monkeypatch.setattr(SAE, "from_pretrained", _raise(TypeError("unexpected keyword 'dtyp'")))
+    with pytest.raises(TypeError, match="dtyp"):
+        load_sae(spec)
 
 
 def test_hugging_face_layer_paths_map_to_residual_hooks(tmp_path: Path, tiny: LoadedModel) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import functools
 import json
 import os
 import shutil
@@ -42,23 +45,79 @@ def write_json_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+_RENAME_EXCHANGE = 2  # renameat2 flag (Linux >= 3.15): swap two paths in one step
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the directories at `a` and `b` atomically; False where the system or filesystem cannot.
+
+    Raises:
+        FileNotFoundError: `b` does not exist (nothing to swap with).
+    """
+    libc = _libc()
+    if libc is None:
+        return False
+    if libc.renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code == errno.ENOENT:
+        raise FileNotFoundError(code, os.strerror(code), str(b))
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc if hasattr(libc, "renameat2") else None
+    except OSError:
+        return None
+
+
+def _swap_in(new: Path, final: Path) -> Path | None:
+    """Put the directory `new` at `final`; returns where the previous `final` now is (None if none).
+
+    With renameat2's exchange there is no moment at which `final` is missing. Elsewhere the previous
+    directory moves to a unique name first (never a path another writer shares), then `new` moves in.
+    """
+    while True:
+        previous = None
+        try:
+            if _exchange(new, final):
+                return new
+            previous = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+            final.replace(previous)
+        except FileNotFoundError:  # there is no previous directory (yet)
+            if previous is not None:
+                previous.rmdir()
+                previous = None
+        try:
+            new.rename(final)
+            return previous
+        except OSError as e:  # another writer moved its directory in meanwhile: replace that one
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            if previous is not None:
+                shutil.rmtree(previous, ignore_errors=True)
+
+
 @contextmanager
 def atomic_directory(final: Path) -> Iterator[Path]:
     """Yield a temporary sibling directory that replaces `final` only if the body succeeds.
 
-    A killed or failed build leaves any previous `final` untouched and no half-written directory.
+    A killed or failed build leaves any previous `final` untouched and no half-written directory; a
+    reader of `final` sees the old directory or the new one, whole, never a missing one. Concurrent
+    writers each work in their own temporary directory; the last to finish wins.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
     try:
         yield tmp
-        if final.exists():
-            old = final.with_name(f".{final.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(final)
+        previous = _swap_in(tmp, final)
+        if previous is not None:
+            shutil.rmtree(previous, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

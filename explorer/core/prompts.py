@@ -12,6 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerBase
 
 Label = Literal["harmful", "harmless"]
@@ -222,8 +223,10 @@ def load_hub_dataset(name: str, limit: int | None = None) -> list[PromptRecord]:
 
     try:
         table = datasets.load_dataset(spec.repo, spec.config, split=spec.split)
-    except Exception as e:  # the hub client raises many types; all mean "could not fetch"
+    except OSError as e:  # hub and connection errors, a missing or gated dataset: all OSError subclasses
         raise DataError(f"could not load {spec.repo} from the hub ({e}); is this machine offline?") from e
+    except ValueError as e:  # datasets: an unknown config or split of a dataset that exists
+        raise DataError(f"{spec.repo}: {e}") from e
     records = []
     for i, row in enumerate(table):
         assert isinstance(row, dict)
@@ -267,13 +270,18 @@ def format_chat(
         text = tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=add_generation_prompt
         )
-    except Exception as e:  # jinja raises TemplateError for unsupported roles
+    except ValueError as e:  # transformers: the tokenizer has no chat template at all
+        raise DataError(f"chat template failed: {e}") from e
+    except TemplateError as e:  # the template's raise_exception, e.g. "System role not supported"
         if not messages or messages[0]["role"] != "system" or len(messages) < 2:
             raise DataError(f"chat template failed: {e}") from e
         system, first, *rest = messages
         merged = {"role": first["role"], "content": f"{system['content']}\n\n{first['content']}"}
-        text = tokenizer.apply_chat_template(
-            [merged, *rest], tokenize=False, add_generation_prompt=add_generation_prompt
-        )
+        try:
+            text = tokenizer.apply_chat_template(
+                [merged, *rest], tokenize=False, add_generation_prompt=add_generation_prompt
+            )
+        except TemplateError as again:
+            raise DataError(f"chat template failed, also with the system prompt merged: {again}") from again
     assert isinstance(text, str)
     return text

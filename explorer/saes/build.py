@@ -299,7 +299,7 @@ def read_report(model: str, hook: str) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise SAEError(f"{path} is corrupt ({e}); run `explorer sae report --recompute`") from e
+        raise SAEError(f"{path} is corrupt ({e}); run `explorer build --only saes --force` to retrain and re-measure") from e
 
 
 def is_complete(model: str = ORGANISM_NAME) -> bool:

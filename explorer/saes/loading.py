@@ -218,7 +218,7 @@ def load_sae_release(release: str, sae_id: str, *, device: str = "cpu", dtype: s
         )
     try:
         sae = SAE.from_pretrained(release, sae_id, device=device, dtype=dtype)
-    except Exception as e:  # hub errors come in many types (offline, gated, HTTP); all mean "not here"
+    except OSError as e:  # every hub error (offline, gated, HTTP, missing file) is an OSError subclass
         raise SAEError(
             f"could not download {release}:{sae_id} for {registry[release].model} "
             f"(offline or no access?): {e}"
