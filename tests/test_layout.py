@@ -5,6 +5,7 @@ and every forward pass on a model through the one locked `forward`."""
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -128,3 +129,23 @@ def test_every_forward_pass_goes_through_the_locked_forward() -> None:
                 if isinstance(node, ast.Call) and _calls_a_model(node) and not exempt:
                     direct.append(f"{rel}:{node.lineno} in {function.name}")
     assert direct == []
+
+
+def test_every_public_name_of_the_library_is_used_somewhere() -> None:
+    """Dead code reads as a feature: every public function, class and constant a module defines is named
+    somewhere else in the project (the library, pages, app, benches or tests)."""
+    sources = [*LIBRARY, *PAGES, ROOT / "app.py", *ROOT.glob("bench/*.py"), *ROOT.glob("tests/*.py")]
+    everything = "\n".join(p.read_text(encoding="utf-8") for p in sources)
+    unused = []
+    for path in LIBRARY:
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.FunctionDef | ast.ClassDef):
+                names = [node.name]
+            elif isinstance(node, ast.Assign):
+                names = [t.id for t in node.targets if isinstance(t, ast.Name)]
+            else:
+                continue
+            for name in names:
+                if not name.startswith("_") and len(re.findall(rf"\b{name}\b", everything)) < 2:
+                    unused.append(f"{path.relative_to(ROOT)}: {name}")
+    assert unused == []

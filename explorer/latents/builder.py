@@ -259,7 +259,6 @@ def finalize(
         arrays["refusal_cos_layers"] = direction_cosines(sae, per_layer).contiguous()
         index = refusal_location_index(sae.hook, loaded.n_layers)
         arrays["refusal_cos"] = arrays["refusal_cos_layers"][:, index].contiguous()
-        arrays["refusal_cos_selected"] = direction_cosines(sae, refusal.direction[None, :])[:, 0].contiguous()
     if attribution:
         missing = [label for label in LABELS if label not in attribution]
         if missing:

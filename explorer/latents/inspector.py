@@ -272,16 +272,6 @@ def _top_latents(acts: torch.Tensor, k: int, peak: torch.Tensor | None) -> list[
     return out
 
 
-def top_refusal_latents(cache: LatentCache, n: int) -> list[int]:
-    """The `n` latents whose decoder rows are most aligned with the refusal direction (cosine, highest
-    first), as `explorer eval --latents top:N` picks them.
-
-    Raises:
-        CacheError: the cache was built without a refusal direction.
-    """
-    return cache.top_latents("refusal_cos", n)
-
-
 def latent_summaries(cache: LatentCache, latents: Sequence[int], n_logits: int = 5) -> list[LatentSummary]:
     """One-line summaries of a few latents (density, max, refusal cosine, top promoted tokens).
 

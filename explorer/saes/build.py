@@ -299,7 +299,9 @@ def read_report(model: str, hook: str) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise SAEError(f"{path} is corrupt ({e}); run `explorer build --only saes --force` to retrain and re-measure") from e
+        raise SAEError(
+            f"{path} is corrupt ({e}); run `explorer build --only saes --force` to retrain and re-measure"
+        ) from e
 
 
 def is_complete(model: str = ORGANISM_NAME) -> bool:

@@ -282,14 +282,3 @@ def check_compatible(sae: LoadedSAE, loaded: LoadedModel) -> None:
     model_name = sae.sae.cfg.metadata.get("model_name")
     if model_name and model_name not in (loaded.name, getattr(loaded.config, "spec", None)):
         log.warning("SAE %s was trained on %s; attaching it to %s", sae.name, model_name, loaded.name)
-
-
-def read_sae_provenance(directory: Path) -> dict[str, Any] | None:
-    """The provenance JSON beside an explorer-trained SAE, or None for SAEs from elsewhere."""
-    path = directory / PROVENANCE_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise SAEError(f"{path} is corrupt ({e}); retrain with `explorer sae train --force`") from e
