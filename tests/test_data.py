@@ -22,6 +22,7 @@ from explorer.core.prompts import (
     load_hub_dataset,
     load_prompt_file,
     stable_split,
+    stratified_sample,
 )
 
 
@@ -182,3 +183,20 @@ def test_template_that_rejects_system_gets_it_merged(tokenizer: PreTrainedTokeni
     finally:
         tokenizer.chat_template = original
     assert text == "<start_of_turn>user\nBe terse.\n\nHi?<end_of_turn>\n"
+
+
+def test_a_sample_of_a_split_covers_its_categories_evenly_and_repeatably() -> None:
+    harmful = builtin_prompts("harmful", "test")
+    first_16 = {r.category for r in harmful[:16]}
+    assert len(first_16) <= 3  # the files list a split category by category: a prefix is lopsided
+    sample = stratified_sample(harmful, 16, seed=0)
+    assert len(sample) == 16 and len({r.category for r in sample}) == 16
+    assert sample == stratified_sample(harmful, 16, seed=0)
+    assert sample != stratified_sample(harmful, 16, seed=1)
+    harmless = builtin_prompts("harmless", "test")
+    categories = {r.category for r in harmless}
+    assert {"borderline", "borderline_safety"} <= categories
+    wide = stratified_sample(harmless, 2 * len(categories), seed=0)
+    assert Counter(r.category for r in wide) == dict.fromkeys(categories, 2)
+    assert stratified_sample(harmless, None) == harmless
+    assert stratified_sample(harmless, len(harmless) + 5) == harmless
