@@ -18,7 +18,7 @@ from explorer.cli.main import main
 from explorer.core.generation import SamplingConfig, encode_chats, generate
 from explorer.core.hooks import capture, forward
 from explorer.core.models import LoadedModel
-from explorer.core.prompts import DataError, builtin_prompts
+from explorer.core.prompts import DataError, builtin_prompts, chat_messages, format_chat
 from explorer.saes.corpus import Corpus, CorpusConfig, build_corpus
 from explorer.saes.loading import wrap_sae
 from explorer.steering.decode import Steerer, generate_side_by_side
@@ -100,6 +100,35 @@ def test_multiple_choice_accuracy_and_file_errors(steerer: Steerer, tmp_path: Pa
     path.write_text("{not json\n")
     with pytest.raises(DataError, match=r"mc\.jsonl:1"):
         load_mc_file(path)
+
+
+def _choice_loglik(loaded: LoadedModel, question: str, choice: str) -> float:
+    """Brute force: the summed log-probability of `choice` as the assistant's reply, token by token."""
+    text = format_chat(loaded.tokenizer, chat_messages(question))
+    prompt = loaded.tokenizer(text, add_special_tokens=False)
+    ids = list(prompt["input_ids"]) + list(loaded.tokenizer(choice, add_special_tokens=False)["input_ids"])
+    total = 0.0
+    with torch.no_grad():
+        for n in range(len(prompt["input_ids"]), len(ids)):
+            logits = loaded.model(input_ids=torch.tensor([ids[:n]])).logits[0, -1]
+            total += float(logits.log_softmax(-1)[ids[n]])
+    return total
+
+
+def test_multiple_choice_accuracy_equals_brute_force(steerer: Steerer) -> None:
+    questions = [
+        ("What is 2 + 2?", ["4", "owl feathers", "seven"]),
+        ("Capital of France?", ["Paris", "3", "hi"]),
+    ]
+    best = []
+    for question, choices in questions:
+        scores = [_choice_loglik(steerer.loaded, question, c) for c in choices]
+        assert len(set(scores)) == len(scores)  # no ties: the answer is decided by the likelihoods
+        best.append(max(range(len(scores)), key=scores.__getitem__))
+    right = [MCItem(q, c, b) for (q, c), b in zip(questions, best, strict=True)]
+    wrong_second = [right[0], MCItem(right[1].question, right[1].choices, (best[1] + 1) % 3)]
+    assert mc_accuracy(steerer, SteeringSpec(), right) == 1.0
+    assert mc_accuracy(steerer, SteeringSpec(), wrong_second) == 0.5
 
 
 def test_cli_generate_prints_default_and_steered_columns(

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from copy import deepcopy
 from pathlib import Path
 
 import pytest
 import torch
 
 from explorer.core.models import LoadedModel
-from explorer.latents.builder import cache_rows
+from explorer.latents.builder import cache_rows, readable_vocab
+from explorer.latents.effects import logit_effects
 from explorer.latents.reader import CacheError, LatentCache
 from explorer.latents.schema import CacheConfig
 from explorer.saes.activations import load_activations
@@ -106,6 +108,49 @@ def test_harmful_harmless_means_and_alignment(built: tuple[Corpus, Path, LoadedS
     assert record.refusal_cos_layers is not None and len(record.refusal_cos_layers) == 5
     assert record.nearest[0][1] == pytest.approx(float((w @ w[5]).sort(descending=True).values[1]), abs=1e-5)
     assert len(record.logits_top) == 10 and record.logits_top[0][1] >= record.logits_top[-1][1]
+
+
+def test_refusal_cosines_and_logit_effects_equal_hand_computation(
+    built: tuple[Corpus, Path, LoadedSAE, Path], tiny: LoadedModel
+) -> None:
+    _, _, sae, directory = built
+    torch.manual_seed(0)  # the refusal direction build_tiny_latent_cache stored
+    _direction, directions = torch.randn(64), torch.randn(5, 6, 64)
+    cache, vocab = LatentCache(directory), readable_vocab(tiny.tokenizer)
+    w_dec = sae.sae.W_dec.detach()
+    unembed = tiny.model.get_output_embeddings().weight.detach()  # pyright: ignore[reportOptionalMemberAccess]
+    norm = tiny.model.model.norm.weight.detach()  # pyright: ignore[reportAttributeAccessIssue]
+    for latent in (0, 5, 31):
+        record = cache.latent(latent)
+        cosines = torch.nn.functional.cosine_similarity(w_dec[latent][None, :], directions[:, -1], dim=-1)
+        assert record.refusal_cos_layers == pytest.approx(cosines.tolist(), abs=1e-5)
+        assert record.refusal_cos == pytest.approx(float(cosines[2]), abs=1e-5)  # HOOK reads layer 2's input
+        logits = (w_dec[latent] * norm) @ unembed.T
+        top, bottom = logits.topk(10), logits.topk(10, largest=False)
+        assert record.logits_top == [
+            (vocab[i], pytest.approx(v, abs=1e-4))
+            for i, v in zip(top.indices.tolist(), top.values.tolist(), strict=True)
+        ]
+        assert record.logits_bottom == [
+            (vocab[i], pytest.approx(v, abs=1e-4))
+            for i, v in zip(bottom.indices.tolist(), bottom.values.tolist(), strict=True)
+        ]
+
+
+def test_logit_effects_go_through_the_final_norms_scale(
+    built: tuple[Corpus, Path, LoadedSAE, Path], tiny: LoadedModel
+) -> None:
+    sae = built[2]
+    model = deepcopy(tiny.model)
+    torch.manual_seed(1)
+    model.model.norm.weight.data = torch.rand(64) * 2  # pyright: ignore[reportAttributeAccessIssue]
+    top_ids, top_logits, bottom_ids, bottom_logits = logit_effects(sae, model, top=5)
+    unembed = model.get_output_embeddings().weight.detach()  # pyright: ignore[reportOptionalMemberAccess]
+    expected = (sae.sae.W_dec.detach() * model.model.norm.weight.detach()) @ unembed.T  # pyright: ignore[reportAttributeAccessIssue]
+    torch.testing.assert_close(top_logits, expected.topk(5).values, rtol=0, atol=1e-4)
+    torch.testing.assert_close(bottom_logits, expected.topk(5, largest=False).values, rtol=0, atol=1e-4)
+    assert torch.equal(top_ids, expected.topk(5).indices)
+    assert torch.equal(bottom_ids, expected.topk(5, largest=False).indices)
 
 
 def test_reader_errors_name_the_problem(built: tuple[Corpus, Path, LoadedSAE, Path], tmp_path: Path) -> None:

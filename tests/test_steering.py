@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from explorer.core.generation import SamplingConfig, encode_chats
-from explorer.core.hooks import capture, intervene
+from explorer.core.hooks import capture, forward, intervene
 from explorer.core.models import LoadedModel
 from explorer.core.prompts import DataError
 from explorer.refusal.direction import RefusalDirection
 from explorer.saes.loading import wrap_sae
-from explorer.steering.decode import Steerer, decode, draw, generate_side_by_side, nucleus
+from explorer.steering.decode import Steerer, decode, draw, generate_side_by_side, nucleus, sample_next
 from explorer.steering.hooks import StepState, steering_hooks
 from explorer.steering.spec import (
     Clamp,
@@ -185,6 +185,64 @@ def test_a_trigger_gates_the_clamps(steerer: Steerer) -> None:
     open_ = SteeringSpec(clamp, trigger=Trigger(EARLY, 0, -1.0))
     assert decode(steerer, [PROMPT], never, sampling=GREEDY)[0].token_ids == plain
     assert decode(steerer, [PROMPT], open_, sampling=GREEDY)[0].token_ids == always
+
+
+def test_a_trigger_steers_exactly_the_positions_where_its_latent_passes_the_threshold(
+    steerer: Steerer,
+) -> None:
+    loaded, sae, early = steerer.loaded, steerer.saes[HOOK], steerer.saes[EARLY]
+    _, batch = encode_chats(loaded, [PROMPT])
+    width = batch["input_ids"].shape[1]
+    with capture(loaded.model, [EARLY, HOOK]) as plain, torch.no_grad():
+        forward(loaded.model, **batch, use_cache=False)
+    trigger_acts = early.sae.encode(plain[EARLY][0][0])[:, 0]  # [pos]
+    real = torch.arange(width) > 0
+    live = trigger_acts[real]
+    assert live.max() > live.min()  # the latent varies over the prompt, so a threshold can split it
+    threshold = float(live.median())
+    spec = SteeringSpec((Clamp(HOOK, 3, "set", 4.0),), trigger=Trigger(EARLY, 0, threshold))
+    state = StepState(real=real[None, :], mask=real[None, :].clone())
+    hooks = steerer.hooks(spec, state, record=False)
+    # Captures see the values of hooks attached before them: steer first, then read.
+    with intervene(loaded.model, hooks), capture(loaded.model, [HOOK]) as steered, torch.no_grad():
+        forward(loaded.model, **batch, use_cache=False)
+    before, after = plain[HOOK][0][0], steered[HOOK][0][0]
+    gated = real & (trigger_acts > threshold)
+    assert 0 < int(gated.sum()) < int(real.sum())
+    changed = (after - before).abs().amax(-1) > 1e-6
+    assert torch.equal(changed, gated)
+    f = sae.sae.encode(before)[:, 3]
+    expected = before + (4.0 - f)[:, None] * sae.sae.W_dec[3]
+    torch.testing.assert_close(after[gated], expected[gated], rtol=0, atol=1e-5)
+
+
+def test_repetition_and_frequency_penalties_change_the_choice_as_computed_by_hand() -> None:
+    logits = torch.tensor([[2.0, -1.0, 1.8, 1.5], [2.0, -1.0, 1.8, 1.5]])
+    generators = [torch.Generator().manual_seed(0) for _ in range(2)]
+
+    def greedy(history: list[list[int]], generated: list[list[int]], **penalties: float) -> list[int]:
+        return sample_next(logits, history, generated, SamplingConfig(**penalties), generators)
+
+    assert greedy([[], []], [[], []]) == [0, 0]
+    # Repetition: a seen positive logit is divided by the penalty (2.0 -> 1.0), so token 2 (1.8) wins;
+    # each row penalises its own history only.
+    assert greedy([[0], [1]], [[], []], repetition_penalty=2.0) == [2, 0]
+    # A seen negative logit is multiplied instead (-1.0 -> -2.0): it must never become likelier.
+    assert greedy([[1], []], [[], []], repetition_penalty=2.0) == [0, 0]
+    # Frequency: 1.8 - 2 x 0.25 = 1.3 < 1.5 once token 0 is also penalised (2.0 - 0.25 x 3 = 1.25).
+    assert greedy([[], []], [[0, 0, 0, 2, 2], [2]], frequency_penalty=0.25) == [3, 0]
+    # Both: 2.0 / 2 = 1.0 for token 0, 1.8 - 0.25 = 1.55 for token 2, 1.5 for token 3.
+    assert greedy([[0], [0]], [[2], [2, 2]], repetition_penalty=2.0, frequency_penalty=0.25) == [2, 3]
+
+
+def test_penalised_sampling_draws_from_the_penalised_distribution() -> None:
+    logits = torch.tensor([[1.0, 1.0, 1.0]])
+    sampling = SamplingConfig(temperature=1.0, frequency_penalty=math.log(3.0), seed=0)
+    generator = torch.Generator().manual_seed(0)
+    draws = [sample_next(logits, [[]], [[0]], sampling, [generator])[0] for _ in range(3000)]
+    # Token 0's logit drops by log 3: probabilities (1/7, 3/7, 3/7).
+    share = [draws.count(t) / len(draws) for t in range(3)]
+    assert share == pytest.approx([1 / 7, 3 / 7, 3 / 7], abs=0.03)
 
 
 def test_direction_ablation_zeroes_the_projection(steerer: Steerer) -> None:
