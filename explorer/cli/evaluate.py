@@ -43,7 +43,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from explorer.workspace import load_workspace
 
     strengths = [float(s) for s in args.strengths.split(",")] if args.strengths else []
-    config = EvalConfig(args.split, args.n_harmful, args.n_harmless, args.max_new_tokens, args.batch_size)
+    config = EvalConfig(
+        args.split,
+        args.n_harmful,
+        args.n_harmless,
+        args.max_new_tokens,
+        args.batch_size,
+        **({} if args.seed is None else {"seed": args.seed}),
+    )
     mc = load_mc_file(args.mc) if args.mc else None
     workspace = load_workspace(model_config(args), args.sae)
     latents = [] if args.mode.startswith("direction") else _latents(args.latents, workspace, args.hook)
@@ -92,7 +99,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def add_eval_parser(sub: Any) -> None:
     """Register `explorer eval` on the top-level subparsers."""
-
     p = sub.add_parser("eval", help="refusal, over-refusal and capability cost over a steering sweep")
     add_model_args(p)
     p.add_argument("--sae", action="append", metavar="SPEC", help="SAEs (default: the build's SAEs)")
@@ -115,8 +121,15 @@ def add_eval_parser(sub: Any) -> None:
         "--units", default="max", choices=["raw", "max"], help="set/add values: raw, or x the latent's max"
     )
     p.add_argument("--split", default="test", choices=["val", "test"])
-    p.add_argument("--n-harmful", type=int, help="harmful prompts (default: the whole split)")
-    p.add_argument("--n-harmless", type=int, help="harmless prompts (default: the whole split)")
+    p.add_argument(
+        "--n-harmful", type=int, help="harmful prompts, spread over the categories (default: the whole split)"
+    )
+    p.add_argument(
+        "--n-harmless",
+        type=int,
+        help="harmless prompts, spread over the categories (default: the whole split)",
+    )
+    p.add_argument("--seed", type=int, help="which prompts --n-harmful/--n-harmless take (default: 0)")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument(
