@@ -149,3 +149,19 @@ def test_every_public_name_of_the_library_is_used_somewhere() -> None:
                 if not name.startswith("_") and len(re.findall(rf"\b{name}\b", everything)) < 2:
                     unused.append(f"{path.relative_to(ROOT)}: {name}")
     assert unused == []
+
+
+def test_the_readme_layout_table_names_modules_that_exist() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Layout") : readme.index("## Tests")]
+    named = set(re.findall(r"`([a-z_/*]+\.py)", section))
+    assert len(named) > 30
+    missing = [
+        name
+        for name in sorted(named)
+        if not any((base / name).exists() or list(base.glob(name)) for base in (ROOT, ROOT / "explorer"))
+    ]
+    assert missing == []
+    covered = {p.relative_to(ROOT / "explorer").as_posix() for p in LIBRARY if p.stem != "__init__"}
+    listed = {p.relative_to(ROOT / "explorer").as_posix() for n in named for p in (ROOT / "explorer").glob(n)}
+    assert sorted(covered - listed) == []  # every module has its row
