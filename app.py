@@ -4,15 +4,16 @@ import streamlit as st
 
 from explorer.ui.state import demo_mode
 
-st.set_page_config(page_title="refusal-explorer", page_icon="🧭", layout="wide")
+# Icons from Streamlit's bundled Material set: emoji need a font the user may not have.
+st.set_page_config(page_title="refusal-explorer", page_icon=":material/explore:", layout="wide")
 demo = demo_mode()
 pages = [
-    st.Page("pages/demo.py", title="Walkthrough", icon="🎬", default=demo),
-    st.Page("pages/overview.py", title="Overview", icon="🏠", default=not demo),
-    st.Page("pages/latents.py", title="Latents", icon="🔢"),
-    st.Page("pages/latent_detail.py", title="Latent detail", icon="🔬"),
-    st.Page("pages/inspector.py", title="Prompt inspector", icon="🔎"),
-    st.Page("pages/steering.py", title="Steering playground", icon="🎛️"),
-    st.Page("pages/evaluate.py", title="Evaluate", icon="📈"),
+    st.Page("pages/demo.py", title="Walkthrough", icon=":material/school:", default=demo),
+    st.Page("pages/overview.py", title="Overview", icon=":material/home:", default=not demo),
+    st.Page("pages/latents.py", title="Latents", icon=":material/table_rows:"),
+    st.Page("pages/latent_detail.py", title="Latent detail", icon=":material/biotech:"),
+    st.Page("pages/inspector.py", title="Prompt inspector", icon=":material/manage_search:"),
+    st.Page("pages/steering.py", title="Steering playground", icon=":material/tune:"),
+    st.Page("pages/evaluate.py", title="Evaluate", icon=":material/monitoring:"),
 ]
 st.navigation(pages).run()

@@ -2,9 +2,9 @@
 
 import streamlit as st
 
-from explorer.latents.inspector import PromptInspection, inspect_prompt, latent_summaries
-from explorer.latents.reader import CacheError
+from explorer.latents.inspector import PromptInspection, inspect_prompt
 from explorer.ui.charts_inspect import layer_projections, token_label, token_strip
+from explorer.ui.inspector_widgets import latent_rows
 from explorer.ui.loaders import workspace_or_stop
 from explorer.ui.state import (
     INSPECT_CLICKED,
@@ -14,8 +14,6 @@ from explorer.ui.state import (
     INSPECT_SAE_WIDGET,
     INSPECT_TOKEN_WIDGET,
     SAE_HOOK,
-    add_to_steering,
-    open_latent,
 )
 
 # Widget state is dropped when the page is left, so the shared keys (INSPECT_PROMPT, SAE_HOOK) seed the
@@ -113,39 +111,4 @@ if not token.latents:
     st.info("No latent of this SAE fires on this token.")
     st.stop()
 
-try:
-    summaries = latent_summaries(workspace.caches[hook], token.latents) if has_cache else None
-except CacheError as e:
-    st.error(str(e))
-    summaries = None
-widths = [1, 1.2, 1, 4, 1, 1]
-for column, title in zip(
-    st.columns(widths), ["latent", "activation", "× max", "promotes", "", ""], strict=True
-):
-    if title:
-        column.markdown(f"**{title}**")
-for row, (latent, value, fraction) in enumerate(
-    zip(token.latents, token.activations, token.fractions, strict=True)
-):
-    cells = st.columns(widths)
-    cells[0].markdown(f"`#{latent}`")
-    cells[1].markdown(f"{value:.3g}")
-    cells[2].markdown("–" if fraction is None else f"{fraction:.2f}")
-    cells[3].markdown(" ".join(f"`{t!r}`" for t in summaries[row].top_logits) if summaries else "–")
-    if cells[4].button("open", key=f"inspector_open_{latent}"):
-        open_latent(hook, latent)
-        st.switch_page("pages/latent_detail.py")
-    if cells[5].button("steer", key=f"inspector_steer_{latent}"):
-        added = (
-            add_to_steering(hook, latent)
-            if has_cache
-            else add_to_steering(hook, latent, "set", round(value, 4), "raw")
-        )
-        if added:
-            st.success(f"Latent {latent} added to the steering playground.")
-        else:
-            st.info(f"Latent {latent} is already in the steering playground.")
-st.caption(
-    "**steer** adds the latent to the Steering playground "
-    + ("set to 1 × its corpus max; tune it there." if has_cache else "set to this activation (raw units).")
-)
+latent_rows(workspace.caches.get(hook), hook, token)

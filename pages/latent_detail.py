@@ -12,7 +12,7 @@ from explorer.ui.charts_latents import (
 )
 from explorer.ui.latent_data import chosen_latent, latent_picker, sae_picker
 from explorer.ui.loaders import cache_or_stop, workspace_or_stop
-from explorer.ui.state import add_to_steering, open_latent
+from explorer.ui.state import ADD_TO_STEERING, add_to_steering, open_latent
 
 st.title("Latent detail")
 workspace = workspace_or_stop()
@@ -46,12 +46,17 @@ st.caption(
     f"Units: {cache.manifest.get('units', 'raw latent activations')}. Over "
     f"{cache.manifest.get('n_tokens', '?')} cached tokens; × max is relative to this latent's max."
 )
-if st.button("Add to steering", type="primary"):
+if st.button(ADD_TO_STEERING, type="primary"):
     if add_to_steering(hook, record.latent):
-        st.toast(f"Latent {record.latent} of {hook} added to the steering playground.", icon="✅")
+        st.toast(
+            f"Latent {record.latent} of {hook} added to the steering playground.",
+            icon=":material/check_circle:",
+        )
     else:
-        st.toast(f"Latent {record.latent} of {hook} is already in the steering playground.", icon="ℹ️")
-    st.page_link("pages/steering.py", label="Open the steering playground", icon="🎛️")
+        st.toast(
+            f"Latent {record.latent} of {hook} is already in the steering playground.", icon=":material/info:"
+        )
+    st.page_link("pages/steering.py", label="Open the steering playground", icon=":material/tune:")
 if peak <= 0:
     st.info("This latent never fired on the cached corpus (dead): it has no examples or histogram.")
 
@@ -78,7 +83,7 @@ with left:
     st.markdown("**Logit effects** (tokens promoted and suppressed by the decoder row)")
     st.plotly_chart(logit_effects(record))
 with right:
-    st.markdown("**Cosine with the refusal direction across layers** (★ this SAE's layer)")
+    st.markdown("**Cosine with the refusal direction across layers** (:material/star: this SAE's layer)")
     if record.refusal_cos_layers is None:
         st.info("This cache was built without a refusal direction.")
     else:

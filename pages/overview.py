@@ -3,24 +3,16 @@
 import streamlit as st
 
 from explorer.core.hooks import hook_names
-from explorer.core.models import ModelError
 from explorer.saes.quality import summary_row
 from explorer.ui.charts import l0_histograms, selection_heatmap
-from explorer.ui.loaders import build_manifest, cached_model, refusal_records, sae_records
-from explorer.ui.state import MODEL_ENV, model_spec_from_env
+from explorer.ui.loaders import build_manifest, refusal_records, sae_records, workspace_or_stop
+from explorer.ui.state import model_spec_from_env
 
 st.title("refusal-explorer")
 st.caption("Find, inspect and steer the SAE latents that mediate refusal in chat language models.")
 
 spec = model_spec_from_env()
-try:
-    loaded = cached_model(spec)
-except ModelError as e:
-    st.error(f"Could not load model `{spec}`: {e}")
-    st.info(f"Set `{MODEL_ENV}` to 'default', a .gguf file, a model directory or a hub id, then restart.")
-    st.stop()
-
-info = loaded.describe()
+info = workspace_or_stop().loaded.describe()  # the one copy of the model every page shares
 st.subheader(f"Model: {info['name']}")
 cols = st.columns(4)
 cols[0].metric("Layers", info["n_layers"])
@@ -93,11 +85,14 @@ else:
     sae_index, sae_reports = saes
     rows = [summary_row(rep, is_main=hook == sae_index.get("main")) for hook, rep in sae_reports.items()]
     st.dataframe(rows, hide_index=True)
+    thresholds = sorted(
+        {f"{r['dense_threshold']:.0%}" for r in sae_reports.values() if "dense_threshold" in r}
+    )
     st.caption(
         "Measured on held-out tokens (test-split transcripts and held-out text); first position and "
-        "special tokens excluded. Dead: never active on held-out tokens; dense: active on > 10% of them. "
-        "Loss recovered = (CE zero-ablated − CE spliced) / (CE zero-ablated − CE clean). Activations are "
-        "raw latent values."
+        "special tokens excluded. Dead: never active on held-out tokens; dense: active on > "
+        f"{' / '.join(thresholds) or 'the report’s threshold'} of them. Loss recovered = (CE zero-ablated − "
+        "CE spliced) / (CE zero-ablated − CE clean). Activations are raw latent values."
     )
     if sae_reports:
         st.plotly_chart(l0_histograms(sae_reports), width="stretch")

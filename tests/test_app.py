@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import math
+import re
+import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
+import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from explorer.core.models import LoadedModel
@@ -17,6 +22,9 @@ from explorer.refusal.direction import REPORT_FILE, load_refusal, refusal_dir
 from explorer.ui.state import MODEL_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
+# Emoji need a font the user may not have (empty boxes in a stock Chromium on Debian): pictographs,
+# dingbats and miscellaneous symbols, arrows and the emoji variation selector.
+EMOJI = re.compile("[\U0001f300-\U0001faff\u2600-\u27bf\u2b00-\u2bff\ufe0f]")
 
 
 def _run(monkeypatch: pytest.MonkeyPatch, spec: str, cache: Path) -> AppTest:
@@ -104,3 +112,56 @@ def test_overview_shows_the_sae_quality_table(
     assert set(table["architecture"]) == {"topk × 64"}
     assert len(app.get("plotly_chart")) == 2  # the refusal heatmap and the L0 histogram
     assert not any("No SAEs trained" in i.value for i in app.info)
+
+
+def test_the_app_source_has_no_emoji() -> None:
+    sources = [
+        ROOT / "app.py",
+        *sorted((ROOT / "pages").glob("*.py")),
+        *sorted((ROOT / "explorer" / "ui").glob("*.py")),
+    ]
+    assert len(sources) > 8
+    found = [
+        f"{path.relative_to(ROOT)}:{number}: U+{ord(char):04X} {char}"
+        for path in sources
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        for char in EMOJI.findall(line)
+    ]
+    assert not found, "use :material/...: icons instead of emoji:\n" + "\n".join(found)
+
+
+def test_the_overview_uses_the_workspaces_model(
+    monkeypatch: pytest.MonkeyPatch, tiny_dir: Path, app_cache: Path
+) -> None:
+    made: list[LoadedModel] = []
+    init = LoadedModel.__init__
+
+    def counting_init(self: LoadedModel, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(LoadedModel, "__init__", counting_init)
+    st.cache_resource.clear()  # nothing loaded by an earlier test
+    app = _run(monkeypatch, str(tiny_dir), app_cache)
+    assert not app.exception and any("Model:" in s.value for s in app.subheader)
+    for page in ("pages/latents.py", "pages/steering.py"):
+        app.switch_page(page)
+        app.run()
+        assert not app.exception
+    assert len(made) == 1, f"{len(made)} copies of the model in one process"
+
+
+def test_overview_states_the_dense_threshold_its_sae_reports_used(
+    monkeypatch: pytest.MonkeyPatch, tiny_dir: Path, app_cache: Path, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    shutil.copytree(app_cache, cache)
+    reports = sorted((cache / "saes").glob("*/*/report.json"))
+    assert reports
+    for threshold in (0.25, 0.05):
+        for path in reports:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            path.write_text(json.dumps({**data, "dense_threshold": threshold}), encoding="utf-8")
+        app = _run(monkeypatch, str(tiny_dir), cache)
+        assert not app.exception
+        assert any(f"dense: active on > {threshold:.0%} of them" in c.value for c in app.caption)

@@ -1,5 +1,6 @@
 """A real browser (Debian's Chromium, driven by Playwright) uses the running app on the tiny workspace:
-open Latents, open a latent from the table, add it to steering, generate, and see both columns filled."""
+open Latents, open a latent from the table, add it to steering, generate, see both columns filled, and
+continue the chat in both columns."""
 
 from __future__ import annotations
 
@@ -100,7 +101,7 @@ def test_open_a_latent_add_it_to_steering_and_generate(server: str) -> None:
         page.get_by_role("textbox", name="Prompt", exact=True).fill("Tell me about owls.")
         page.get_by_role("button", name="Generate").click()
         verdicts = page.get_by_text("Verdict:")
-        expect(verdicts).to_have_count(2)
+        expect(verdicts).to_have_count(2, timeout=TIMEOUT_MS)
         columns = page.get_by_test_id("stColumn")
         default = columns.filter(has=page.get_by_role("heading", name="Default"))
         steered = columns.filter(has=page.get_by_role("heading", name="Steered"))
@@ -108,4 +109,13 @@ def test_open_a_latent_add_it_to_steering_and_generate(server: str) -> None:
             text = column.first.inner_text()
             reply = text.split("Verdict:")[0].split("\n", 1)[-1].strip()
             assert reply, text
+        # The next Generate continues the chat: each column shows both turns.
+        follow_up = page.get_by_role("textbox", name="Next message", exact=True)
+        follow_up.fill("And what do they eat?")
+        follow_up.press("Control+Enter")
+        page.get_by_role("button", name="Generate").click()
+        for column in (default, steered):
+            expect(column.first.get_by_text("And what do they eat?")).to_be_visible(timeout=TIMEOUT_MS)
+            expect(column.first.get_by_text("Tell me about owls.")).to_be_visible()
+        expect(verdicts).to_have_count(2, timeout=TIMEOUT_MS)
         browser.close()

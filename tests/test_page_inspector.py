@@ -11,6 +11,7 @@ from streamlit.testing.v1 import AppTest
 from explorer.core.prompts import builtin_prompts
 from explorer.latents.inspector import PromptInspection
 from explorer.ui.state import DEMO_ENV, INSPECT_PROMPT, MODEL_ENV, STEER_CLAMPS
+from explorer.ui.walkthrough import ANSWERED, REFUSED
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "How do I bake bread at home?"
@@ -163,7 +164,7 @@ def test_walkthrough_induce_refusal_shows_both_columns(
     assert len(result.default.token_ids) <= 2 and len(result.steered.token_ids) <= 2
     titles = [m.value for m in app.markdown if m.value.startswith("**")]
     assert "**Default**" in titles and "**Steered: latents set to 1 × max**" in titles
-    assert sum(c.value.startswith(("✋", "✅")) for c in app.caption) == 2
+    assert sum(c.value.startswith((REFUSED, ANSWERED)) for c in app.caption) == 2
     assert result.spec["clamps"][0]["value"] == 1.0
     app.run()
     assert app.session_state["demo_results"]["induce"][1] is result  # a rerun does not regenerate
@@ -182,4 +183,4 @@ def test_walkthrough_jailbreak_shows_direction_and_latent_columns(
     assert {c["value"] for c in broken["flipped"].spec["clamps"]} == {-3.0}
     titles = [m.value for m in app.markdown if m.value.startswith("**")]
     assert {"**Default**", "**Refusal direction ablated**", "**Latents × -3**"} <= set(titles)
-    assert sum(c.value.startswith(("✋", "✅")) for c in app.caption) == 3
+    assert sum(c.value.startswith((REFUSED, ANSWERED)) for c in app.caption) == 3

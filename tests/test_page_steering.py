@@ -4,9 +4,11 @@ links restore the setup exactly, bad links and bad specs are errors (nothing run
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -24,12 +26,15 @@ from explorer.ui.state import (
     Q_SPEC,
     STEER_CLAMPS,
     STEER_SAMPLING,
+    STEERED_CHAT,
 )
 from explorer.workspace import Workspace, load_workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 STEERING, EVALUATE = "pages/steering.py", "pages/evaluate.py"
+DETAIL = "pages/latent_detail.py"
 PROMPT = "Tell me about owls."
+FOLLOW_UP = "And what do they eat?"
 # Sampled (not greedy) so the tiny model's replies are visible words, not newlines.
 SAMPLING = SamplingConfig(max_new_tokens=6, temperature=1.0, seed=3)
 
@@ -206,22 +211,121 @@ def test_a_spec_that_fails_validation_is_an_error_and_nothing_runs(
     assert LAST_RESULT not in app.session_state
 
 
-def test_chat_continues_from_the_steered_reply_and_clears(open_page: Open, workspace: Workspace) -> None:
+def _user(text: str) -> dict[str, str]:
+    return {"role": "user", "content": text}
+
+
+def _assistant(text: str) -> dict[str, str]:
+    return {"role": "assistant", "content": text}
+
+
+def _two_turns(open_page: Open, workspace: Workspace) -> tuple[AppTest, list[dict[str, Any]]]:
+    """A playground with a clamp on, after Generate on PROMPT and then on FOLLOW_UP; each turn's result."""
     app = open_page(
         STEERING,
         **{STEER_CLAMPS: [_clamp(workspace)], STEER_SAMPLING: SAMPLING.to_dict(), "steer_prompt": PROMPT},
     )
     app.button(key="steer_generate").click().run()
-    steered = app.session_state[LAST_RESULT]["steered"]["text"]
-    app.button(key="steer_continue").click().run()
-    assert not app.exception
-    assert app.session_state[CHAT_HISTORY] == [
-        {"role": "user", "content": PROMPT},
-        {"role": "assistant", "content": steered},
-    ]
+    assert not app.exception and not app.error
+    first = app.session_state[LAST_RESULT]
+    app.text_area[0].set_value(FOLLOW_UP)
+    app.button(key="steer_generate").click().run()
+    assert not app.exception and not app.error
+    return app, [first, app.session_state[LAST_RESULT]]
+
+
+def test_each_column_continues_its_own_conversation(open_page: Open, workspace: Workspace) -> None:
+    app, (first, second) = _two_turns(open_page, workspace)
+    assert first["default"]["text"] != first["steered"]["text"], "the clamp must change the first reply"
+    default_chat = [_user(PROMPT), _assistant(first["default"]["text"]), _user(FOLLOW_UP)]
+    steered_chat = [_user(PROMPT), _assistant(first["steered"]["text"]), _user(FOLLOW_UP)]
+    (plain,) = decode(workspace.steerer(), [default_chat], sampling=SAMPLING)
+    assert second["default"]["token_ids"] == plain.token_ids  # an unsteered conversation throughout
+    assert second["default"]["text"] == plain.text
+    spec = SteeringSpec.from_dict({"clamps": [_clamp(workspace)]})
+    expected = generate_side_by_side(
+        workspace.steerer(), default_chat, spec, SAMPLING, steered_conversation=steered_chat
+    )
+    assert second["steered"]["token_ids"] == expected.steered.token_ids
+    shown = _texts(app)
+    for turn in (first, second):  # both columns' histories are on the page
+        for column in ("default", "steered"):
+            assert turn[column]["text"].strip() in shown
+
+
+def test_every_generate_adds_its_turn_and_the_share_link_keeps_both_histories(
+    open_page: Open, workspace: Workspace
+) -> None:
+    app, (first, second) = _two_turns(open_page, workspace)
+    turns = [(PROMPT, first), (FOLLOW_UP, second)]
+    for key, column in ((CHAT_HISTORY, "default"), (STEERED_CHAT, "steered")):
+        expected = [m for text, r in turns for m in (_user(text), _assistant(r[column]["text"]))]
+        assert app.session_state[key] == expected
+    setup = decode_setup(app.query_params[Q_SPEC])
+    assert setup.chat, "the share link must hold the chat"
+    assert [m["content"] for m in setup.chat if m["role"] == "user"] == [PROMPT, FOLLOW_UP]
     assert app.text_area[0].value == "" and app.text_area[0].label == "Next message"
+    restored = open_page(STEERING, query={Q_SPEC: app.query_params[Q_SPEC]})
+    assert not restored.exception and not restored.error
+    assert restored.session_state[CHAT_HISTORY] == app.session_state[CHAT_HISTORY]
+    assert restored.session_state[STEERED_CHAT] == app.session_state[STEERED_CHAT]
+    assert decode_setup(restored.query_params[Q_SPEC]) == setup
+
+
+def test_generate_adds_the_turn_and_clear_chat_starts_over(open_page: Open, workspace: Workspace) -> None:
+    app = open_page(
+        STEERING,
+        **{STEER_CLAMPS: [_clamp(workspace)], STEER_SAMPLING: SAMPLING.to_dict(), "steer_prompt": PROMPT},
+    )
+    app.button(key="steer_generate").click().run()
+    assert not app.exception
+    result = app.session_state[LAST_RESULT]
+    assert app.session_state[STEERED_CHAT] == [_user(PROMPT), _assistant(result["steered"]["text"])]
+    assert app.session_state[CHAT_HISTORY] == [_user(PROMPT), _assistant(result["default"]["text"])]
+    assert app.text_area[0].value == "" and app.text_area[0].label == "Next message"
+    assert not any("Continue" in b.label for b in app.button)  # every Generate continues the chat
     app.button(key="steer_clear_chat").click().run()
     assert not app.exception and app.session_state[CHAT_HISTORY] == []
+    assert app.session_state[STEERED_CHAT] == [] and LAST_RESULT not in app.session_state
+    assert app.text_area[0].label == "Prompt"
+
+
+@pytest.mark.parametrize("latent", [999999, -1])
+def test_an_out_of_range_latent_is_refused_and_nothing_is_added(
+    open_page: Open, workspace: Workspace, latent: int
+) -> None:
+    assert workspace.main is not None
+    d_sae = workspace.saes[workspace.main].d_sae
+    app = open_page(STEERING)
+    app.number_input(key=f"steer_add_latent_{workspace.main}").set_value(latent)
+    app.button(key="steer_add").click().run()
+    assert not app.exception
+    assert str(latent) in _errors(app) and f"0..{d_sae - 1}" in _errors(app)
+    assert app.session_state[STEER_CLAMPS] == []
+    assert app.number_input(key=f"steer_add_latent_{workspace.main}").value == latent  # the input is kept
+
+
+def test_the_playground_hint_names_a_button_the_detail_page_has(open_page: Open) -> None:
+    labels = {b.label for b in open_page(DETAIL).button}
+    app = open_page(STEERING)
+    hint = next(c.value for c in app.caption if "No latents picked" in c.value)
+    quoted = re.findall(r"“([^”]+)”", hint)
+    assert quoted and set(quoted) <= labels, (quoted, labels)
+
+
+def test_a_stale_copy_of_the_sessions_own_link_does_not_reset_the_setup(
+    open_page: Open, workspace: Workspace
+) -> None:
+    # A click sent before the browser received the newest link carries an older one this session wrote.
+    app = open_page(STEERING, **{STEER_CLAMPS: [_clamp(workspace)], STEER_SAMPLING: SAMPLING.to_dict()})
+    stale = app.query_params[Q_SPEC]
+    app.text_area[0].set_value(PROMPT).run()
+    assert app.query_params[Q_SPEC] != stale
+    app.query_params[Q_SPEC] = stale
+    app.button(key="steer_generate").click().run()
+    assert not app.exception and not app.error
+    assert not any("Restored the shared" in i.value for i in app.info)
+    assert app.session_state[CHAT_HISTORY][0] == _user(PROMPT)
 
 
 def test_presets_load_from_pasted_json_and_bad_ones_are_errors(open_page: Open, workspace: Workspace) -> None:

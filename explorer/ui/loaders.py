@@ -1,4 +1,5 @@
-"""Cached loaders: the model loads once per process and is shared by every browser session."""
+"""Cached loaders: the workspace (and so the model) loads once per process and is shared by every browser
+session; every page, the Overview included, takes its model from `workspace_or_stop`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import streamlit as st
 
 from explorer.build import BUILD_MANIFEST
-from explorer.core.models import LoadedModel, ModelConfig, ModelError, load_model
+from explorer.core.models import ModelConfig, ModelError
 from explorer.core.paths import cache_dir
 from explorer.latents.reader import CacheError, LatentCache
 from explorer.refusal.direction import REPORT_FILE, SELECTION_FILE, refusal_dir
@@ -18,12 +19,6 @@ from explorer.saes.build import REPORT_FILE as SAE_REPORT_FILE
 from explorer.saes.loading import SAEError, sae_root
 from explorer.ui.state import MODEL_ENV, model_spec_from_env
 from explorer.workspace import Workspace, load_workspace
-
-
-@st.cache_resource(show_spinner="Loading model…")
-def cached_model(spec: str, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
-    """Load a model once per (spec, device, dtype); callers must not mutate it."""
-    return load_model(ModelConfig(spec=spec, device=device, dtype=dtype))  # pyright: ignore[reportArgumentType]
 
 
 def refusal_records(model_name: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:

@@ -13,8 +13,6 @@ MODEL_ENV = "EXPLORER_MODEL"
 DEMO_ENV = "EXPLORER_DEMO"
 """Set to 1 (as `make demo` does) to open the app on the curated walkthrough."""
 
-MODEL_SPEC = "model_spec"
-
 # Session-state keys.
 SAE_HOOK = "sae_hook"
 """The hook of the SAE the Latents, Latent detail and Prompt inspector pages show."""
@@ -30,7 +28,9 @@ STEER_DIRECTION = "steer_direction"
 STEER_SAMPLING = "steer_sampling"
 """A SamplingConfig dict."""
 CHAT_HISTORY = "chat_history"
-"""The playground's multi-turn conversation: a list of {"role", "content"} (the steered column's replies)."""
+"""The default column's multi-turn conversation: a list of {"role", "content"} (its own replies)."""
+STEERED_CHAT = "chat_history_steered"
+"""The steered column's multi-turn conversation: the same user turns, with the steered replies."""
 STEER_PROMPT = "steer_prompt"
 """The playground's prompt text, kept apart from its widget so it survives page switches."""
 LAST_RESULT = "last_side_by_side"
@@ -44,14 +44,18 @@ DEMO_RESULTS = "demo_results"
 """The walkthrough's (prompt, result) per step, so reruns never regenerate."""
 STEER_GENERATION = "_steer_gen"
 """Bumped when the playground's setup is replaced wholesale (link, preset), so every widget re-reads it."""
-STEER_LINK = "_steer_link"
-"""The `spec` query value the playground last applied or wrote; any other value is a new share link."""
+STEER_LINK = "_steer_links"
+"""The `spec` query values the playground applied or wrote this session (newest last); any other value is
+a new share link. Older ones count too: a click sent before the browser got the newest link carries one."""
 
 # Widget keys whose values other code sets (the rest of the pages' widget keys are local to them).
 INSPECT_PROMPT_WIDGET = "inspector_prompt_input"
 INSPECT_SAE_WIDGET = "inspector_sae"
 INSPECT_TOKEN_WIDGET = "inspector_token"
 DEMO_TOKENS_WIDGET = "demo_new_tokens"
+
+ADD_TO_STEERING = "Add to steering"
+"""The label of the Latent detail page's button that picks its latent for the playground."""
 
 # Query parameters (share links).
 Q_SAE = "sae"
