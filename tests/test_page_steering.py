@@ -264,6 +264,8 @@ def test_every_generate_adds_its_turn_and_the_share_link_keeps_both_histories(
     setup = decode_setup(app.query_params[Q_SPEC])
     assert setup.chat, "the share link must hold the chat"
     assert [m["content"] for m in setup.chat if m["role"] == "user"] == [PROMPT, FOLLOW_UP]
+    assert list(setup.chat) == app.session_state[CHAT_HISTORY]
+    assert list(setup.steered_history) == app.session_state[STEERED_CHAT]
     assert app.text_area[0].value == "" and app.text_area[0].label == "Next message"
     restored = open_page(STEERING, query={Q_SPEC: app.query_params[Q_SPEC]})
     assert not restored.exception and not restored.error

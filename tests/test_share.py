@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from dataclasses import replace
 
 import pytest
 
@@ -134,3 +135,14 @@ def test_provenance_mismatches_are_named() -> None:
     found = provenance_mismatches(SPEC, "other", {HOOK: "def456"})
     assert len(found) == 2
     assert "made for model 'tiny'" in found[0] and "other weights" in found[1]
+
+
+def test_each_columns_history_round_trips_and_old_links_read_as_one_history() -> None:
+    steered = ({"role": "user", "content": "Hi"}, {"role": "assistant", "content": "I can't help with that."})
+    two = replace(SETUP, steered_chat=steered)
+    again = decode_setup(encode_setup(two))
+    assert again == two and again.chat == SETUP.chat and again.steered_history == steered
+    assert decode_setup(encode_setup(SETUP)).steered_history == SETUP.chat  # one history: both columns
+    assert "steered_chat" not in SETUP.to_dict()  # links without a second history read as before
+    with pytest.raises(ShareError, match="steered_chat message 0"):
+        decode_setup(_link({"version": 1, "steered_chat": [{"role": "robot", "content": "x"}]}))

@@ -34,13 +34,22 @@ class PlaygroundSetup:
         spec: the steering of the steered column.
         sampling: decoding settings (seed included), shared by both columns.
         prompt: the prompt box's text (the next user turn).
-        chat: the earlier turns of a multi-turn chat ({"role", "content"} messages).
+        chat: the earlier turns of a multi-turn chat ({"role", "content"} messages), as the default
+            column had them (its own replies).
+        steered_chat: the steered column's earlier turns (the same user turns, its own replies); empty
+            when the columns' histories are the same, as in links written before each column kept its own.
     """
 
     spec: SteeringSpec = field(default_factory=SteeringSpec)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     prompt: str = ""
     chat: tuple[dict[str, str], ...] = ()
+    steered_chat: tuple[dict[str, str], ...] = ()
+
+    @property
+    def steered_history(self) -> tuple[dict[str, str], ...]:
+        """The steered column's conversation: `steered_chat`, or `chat` where that is empty."""
+        return self.steered_chat or self.chat
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -49,6 +58,7 @@ class PlaygroundSetup:
             "sampling": self.sampling.to_dict(),
             "prompt": self.prompt,
             "chat": [dict(m) for m in self.chat],
+            **({"steered_chat": [dict(m) for m in self.steered_chat]} if self.steered_chat else {}),
         }
 
     @classmethod
@@ -72,6 +82,7 @@ class PlaygroundSetup:
             read_sampling(data.get("sampling") or {}),
             prompt,
             read_chat(data.get("chat") or []),
+            read_chat(data.get("steered_chat") or [], "steered_chat"),
         )
 
 
@@ -129,14 +140,17 @@ def read_sampling(data: Any) -> SamplingConfig:
         raise ShareError(f"sampling: {e}") from e
 
 
-def read_chat(data: Any) -> tuple[dict[str, str], ...]:
+def read_chat(data: Any, name: str = "chat") -> tuple[dict[str, str], ...]:
     """Chat messages, each {"role": system|user|assistant, "content": text}.
+
+    Args:
+        name: the field being read, for the error message.
 
     Raises:
         ShareError: not a list of such messages.
     """
     if not isinstance(data, Sequence) or isinstance(data, str):
-        raise ShareError(f"'chat' must be a list of messages, got {type(data).__name__}")
+        raise ShareError(f"'{name}' must be a list of messages, got {type(data).__name__}")
     out = []
     for n, message in enumerate(data):
         if (
@@ -144,7 +158,7 @@ def read_chat(data: Any) -> tuple[dict[str, str], ...]:
             or message.get("role") not in ROLES
             or not isinstance(message.get("content"), str)
         ):
-            raise ShareError(f"chat message {n} must be {{'role': one of {ROLES}, 'content': text}}")
+            raise ShareError(f"{name} message {n} must be {{'role': one of {ROLES}, 'content': text}}")
         out.append({"role": str(message["role"]), "content": str(message["content"])})
     return tuple(out)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import streamlit as st
 
 from explorer.core.generation import SamplingConfig
-from explorer.steering.share import PlaygroundSetup, ShareError, encode_setup, preset_json, read_preset
+from explorer.steering.share import ShareError, encode_setup, preset_json, read_preset
 from explorer.steering.spec import SteeringSpec
-from explorer.ui.playground_state import chat_histories, merge_chat, remember_link, replace_setup
+from explorer.ui.playground_state import remember_link, replace_setup, session_setup
 from explorer.ui.state import Q_SPEC
 
 
@@ -16,7 +16,7 @@ def share_section(spec: SteeringSpec | None, sampling: SamplingConfig, prompt: s
     st.subheader("Save, load and share")
     if spec is None:
         return
-    link = encode_setup(PlaygroundSetup(spec, sampling, prompt, merge_chat(*chat_histories())))
+    link = encode_setup(session_setup(spec, sampling, prompt))
     if st.query_params.get(Q_SPEC) != link:
         st.query_params[Q_SPEC] = link
     remember_link(link)
@@ -47,6 +47,5 @@ def preset_section(sampling: SamplingConfig, prompt: str) -> None:
     except ShareError as e:
         st.error(f"Could not load the preset: {e}")
         return
-    chat = merge_chat(*chat_histories())
-    replace_setup(PlaygroundSetup(loaded_spec, loaded_sampling or sampling, prompt, chat))
+    replace_setup(session_setup(loaded_spec, loaded_sampling or sampling, prompt))
     st.rerun()

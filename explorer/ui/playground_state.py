@@ -3,11 +3,11 @@ restores and the spec the widgets describe."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import asdict
 
 import streamlit as st
 
+from explorer.core.generation import SamplingConfig
 from explorer.steering.share import (
     PlaygroundSetup,
     ShareError,
@@ -43,40 +43,17 @@ def widget_key(name: str) -> str:
     return f"steer{st.session_state.get(STEER_GENERATION, 0)}_{name}"
 
 
-def merge_chat(default: Sequence[Message], steered: Sequence[Message]) -> tuple[Message, ...]:
-    """Both columns' histories as one message list (a share link's `chat`).
-
-    The histories share their user and system turns; where the columns' replies differ, the default
-    column's reply is written first and the steered column's right after it.
-    """
-    merged: list[Message] = []
-    for mine, theirs in zip(default, steered, strict=True):
-        merged += [dict(mine)] if mine == theirs else [dict(mine), dict(theirs)]
-    return tuple(merged)
-
-
-def split_chat(chat: Sequence[Message]) -> tuple[list[Message], list[Message]]:
-    """The default and steered columns' histories from a message list written by `merge_chat`.
-
-    Two replies in a row are the default column's and then the steered column's; every other message
-    (one reply, a user or system turn) belongs to both columns, so a single-history chat is read as
-    both columns having said the same.
-    """
-    default: list[Message] = []
-    steered: list[Message] = []
-    index = 0
-    while index < len(chat):
-        message = chat[index]
-        pair = index + 1 < len(chat) and message["role"] == chat[index + 1]["role"] == "assistant"
-        default.append(dict(message))
-        steered.append(dict(chat[index + 1] if pair else message))
-        index += 2 if pair else 1
-    return default, steered
-
-
 def chat_histories() -> tuple[list[Message], list[Message]]:
     """The default and steered columns' conversations so far (created empty on first use)."""
     return st.session_state.setdefault(CHAT_HISTORY, []), st.session_state.setdefault(STEERED_CHAT, [])
+
+
+def session_setup(spec: SteeringSpec, sampling: SamplingConfig, prompt: str) -> PlaygroundSetup:
+    """The playground as a `PlaygroundSetup`: both columns' histories (the steered one only where it
+    differs from the default one), the prompt box, the steering and the sampling."""
+    default, steered = chat_histories()
+    own_steered = () if steered == default else tuple(dict(m) for m in steered)
+    return PlaygroundSetup(spec, sampling, prompt, tuple(dict(m) for m in default), own_steered)
 
 
 def add_turn(prompt: str, default_reply: str, steered_reply: str) -> None:
@@ -102,7 +79,8 @@ def replace_setup(setup: PlaygroundSetup) -> None:
     st.session_state[STEER_TRIGGER] = asdict(spec.trigger) if spec.trigger else None
     st.session_state[STEER_DIRECTION] = asdict(spec.direction) if spec.direction else None
     st.session_state[STEER_SAMPLING] = setup.sampling.to_dict()
-    st.session_state[CHAT_HISTORY], st.session_state[STEERED_CHAT] = split_chat(setup.chat)
+    st.session_state[CHAT_HISTORY] = [dict(m) for m in setup.chat]
+    st.session_state[STEERED_CHAT] = [dict(m) for m in setup.steered_history]
     st.session_state[STEER_PROMPT] = setup.prompt
     st.session_state.pop(LAST_RESULT, None)
     st.session_state[STEER_GENERATION] = st.session_state.get(STEER_GENERATION, 0) + 1
