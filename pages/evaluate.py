@@ -44,14 +44,22 @@ if mode != "direction-ablate":
     strengths = st.text_input(f"{label} (comma-separated)", STRENGTHS[mode], key=f"eval_strengths_{mode}")
 cols = st.columns(4)
 split = cols[0].radio("Split", SPLITS, horizontal=True, key="eval_split")
-n_split = min(len(builtin_prompts("harmful", split)), len(builtin_prompts("harmless", split)))
-n_prompts = cols[1].number_input("Prompts per label", 1, n_split, min(16, n_split), key="eval_n")
-tokens = cols[2].number_input("Tokens per reply", 1, 256, 16, key="eval_tokens")
+n_split = max(len(builtin_prompts(label, split)) for label in ("harmful", "harmless"))
+n_prompts = cols[1].number_input(
+    "Prompts per label",
+    1,
+    n_split,
+    min(16, n_split),
+    key="eval_n",
+    help=f"spread evenly over the categories; {n_split} takes the whole split, as `explorer eval` does",
+)
+defaults = EvalConfig()  # the same defaults as `explorer eval`, so the README's table is reproducible here
+tokens = cols[2].number_input("Tokens per reply", 1, 256, defaults.max_new_tokens, key="eval_tokens")
 loss_rows = cols[3].number_input(
     "Capability transcripts",
     0,
     256,
-    16,
+    defaults.loss_rows,
     key="eval_loss_rows",
     help="held-out harmless transcripts for CE and KL (0 skips them)",
 )

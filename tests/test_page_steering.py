@@ -15,7 +15,9 @@ from streamlit.testing.v1 import AppTest
 
 from explorer.core.generation import SamplingConfig
 from explorer.core.paths import CACHE_ENV
+from explorer.core.prompts import builtin_prompts
 from explorer.steering.decode import decode, generate_side_by_side
+from explorer.steering.evaluation import EvalConfig
 from explorer.steering.share import PlaygroundSetup, decode_setup, encode_setup, preset_json
 from explorer.steering.spec import Clamp, SteeringSpec
 from explorer.ui.state import (
@@ -93,6 +95,17 @@ def test_pages_without_saes_or_direction_explain_what_to_build(
         app.text_area[0].set_value(PROMPT)
         app.button(key="steer_generate").click().run()
         assert not app.exception and LAST_RESULT in app.session_state
+
+
+def test_evaluate_defaults_are_the_command_lines(open_page: Open) -> None:
+    """The README's table comes from `explorer eval` defaults: the page starts from the same ones, and its
+    largest N takes each label's whole split."""
+    app = open_page(EVALUATE)
+    defaults = EvalConfig()
+    assert app.number_input(key="eval_tokens").value == defaults.max_new_tokens
+    assert app.number_input(key="eval_loss_rows").value == defaults.loss_rows
+    whole = max(len(builtin_prompts(label, defaults.split)) for label in ("harmful", "harmless"))
+    assert app.number_input(key="eval_n").max == whole
 
 
 def test_evaluate_runs_with_nothing_run_yet(open_page: Open) -> None:
