@@ -17,7 +17,6 @@ from explorer.latents.inspector import (
     PromptInspection,
     inspect_prompt,
     latent_summaries,
-    top_refusal_latents,
 )
 from explorer.refusal.direction import RefusalDirection, location_names
 from explorer.saes.loading import LoadedSAE, wrap_sae
@@ -182,7 +181,7 @@ def test_a_workspace_supplies_the_corpus_max_and_latent_summaries(
     assert token.fractions == pytest.approx(
         [v / float(peaks[i]) for i, v in zip(token.latents, token.activations, strict=True)]
     )
-    top = top_refusal_latents(cache, 3)
+    top = cache.top_latents("refusal_cos", 3)
     cos = cache.column("refusal_cos")
     assert [float(cos[i]) for i in top] == sorted(cos.tolist(), reverse=True)[:3]
     summaries = latent_summaries(cache, top)

@@ -220,8 +220,14 @@ def test_repetition_and_frequency_penalties_change_the_choice_as_computed_by_han
     logits = torch.tensor([[2.0, -1.0, 1.8, 1.5], [2.0, -1.0, 1.8, 1.5]])
     generators = [torch.Generator().manual_seed(0) for _ in range(2)]
 
-    def greedy(history: list[list[int]], generated: list[list[int]], **penalties: float) -> list[int]:
-        return sample_next(logits, history, generated, SamplingConfig(**penalties), generators)
+    def greedy(
+        history: list[list[int]],
+        generated: list[list[int]],
+        repetition_penalty: float = 1.0,
+        frequency_penalty: float = 0.0,
+    ) -> list[int]:
+        sampling = SamplingConfig(repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty)
+        return sample_next(logits, history, generated, sampling, generators)
 
     assert greedy([[], []], [[], []]) == [0, 0]
     # Repetition: a seen positive logit is divided by the penalty (2.0 -> 1.0), so token 2 (1.8) wins;
