@@ -195,7 +195,8 @@ def test_a_trigger_steers_exactly_the_positions_where_its_latent_passes_the_thre
     width = batch["input_ids"].shape[1]
     with capture(loaded.model, [EARLY, HOOK]) as plain, torch.no_grad():
         forward(loaded.model, **batch, use_cache=False)
-    trigger_acts = early.sae.encode(plain[EARLY][0][0])[:, 0]  # [pos]
+    with torch.no_grad():
+        trigger_acts = early.sae.encode(plain[EARLY][0][0])[:, 0]  # [pos]
     real = torch.arange(width) > 0
     live = trigger_acts[real]
     assert live.max() > live.min()  # the latent varies over the prompt, so a threshold can split it
