@@ -36,7 +36,7 @@ def build_tiny_workspace(cache: Path, model_dir: Path) -> dict[str, object]:
         stage = SAEStageConfig(main=small, side=small, corpus=corpus, fast_dtype=None, loss_rows=4)
         build_saes(str(model_dir), stage)
         return build_caches(
-            str(model_dir), CacheConfig(k=8, n_intervals=8, examples_per_interval=3, samples_per_bin=4)
+            str(model_dir), CacheConfig(k=8, n_groups=8, examples_per_group=3, samples_per_bin=4)
         )
     finally:
         if previous is None:

@@ -23,7 +23,7 @@ from explorer.saes.loading import LoadedSAE, wrap_sae
 from tests.helpers import tiny_sae
 
 HOOK = "blocks.2.hook_resid_pre"
-CONFIG = CacheConfig(k=5, samples_per_bin=6, n_intervals=8, examples_per_interval=5, batch_tokens=101)
+CONFIG = CacheConfig(k=5, samples_per_bin=6, n_groups=8, examples_per_group=5, batch_tokens=101)
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +50,16 @@ def _arrays(directory: Path) -> dict[str, torch.Tensor]:
     return load_file(str(directory / ARRAYS_FILE))
 
 
-def _assert_same(a: Path, b: Path) -> None:
+def _assert_same(a: Path, b: Path, recomputed: bool = False) -> None:
+    """Equal arrays; with `recomputed`, the context activations came from a second forward pass (the
+    merge's, batched differently), so they agree to float16 rounding rather than bit for bit."""
     left, right = _arrays(a), _arrays(b)
     assert set(left) == set(right)
     for name in left:
-        assert torch.equal(left[name], right[name]), name
+        if recomputed and name == "context_values":
+            torch.testing.assert_close(left[name].float(), right[name].float(), rtol=1e-2, atol=1e-3)
+        else:
+            assert torch.equal(left[name], right[name]), name
 
 
 @pytest.mark.parametrize("source", ["stored", "model"])
@@ -70,7 +75,7 @@ def test_shards_merge_into_the_single_pass_cache(
         build_sae_cache(tiny, sae, corpus, shard=(i, 3), directory=sharded, **options)  # pyright: ignore[reportArgumentType]
     merged = merge_sae_cache(tiny, sae, corpus, 3, directory=sharded, attribution="none")
     assert merged["n_tokens"] == manifest["n_tokens"]
-    _assert_same(whole, sharded)
+    _assert_same(whole, sharded, recomputed=source == "model")
     assert not (sharded / "shards").exists()
     cache = LatentCache(
         sharded, sae_fingerprint=sae.fingerprint, model_fingerprint=model_fingerprint(tiny.model)

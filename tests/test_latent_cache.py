@@ -20,7 +20,15 @@ from explorer.saes.loading import LoadedSAE
 from tests.helpers import build_tiny_latent_cache
 
 HOOK = "blocks.2.hook_resid_pre"
-CONFIG = CacheConfig(k=4, samples_per_bin=6, n_intervals=8, examples_per_interval=5, batch_tokens=97)
+CONFIG = CacheConfig(
+    k=4,
+    samples_per_bin=6,
+    n_groups=8,
+    examples_per_group=5,
+    context_before=3,
+    context_after=2,
+    batch_tokens=97,
+)
 
 
 @pytest.fixture(scope="module")
@@ -48,14 +56,23 @@ def test_top_examples_and_statistics_equal_brute_force(built: tuple[Corpus, Path
     cache = LatentCache(directory, sae_fingerprint=sae.fingerprint)
     assert cache.manifest["n_tokens"] == len(f)
     table = cache.table()
-    tokens = rows * corpus.input_ids.shape[1] + pos
+    width = corpus.input_ids.shape[1]
+    tokens = rows * width + pos
+    top_tokens, top_values = cache.column("top_tokens"), cache.column("top_values")
     for latent in range(sae.d_sae):
         column = f[:, latent]
         active = column > 0
         record = cache.latent(latent)
-        expected = sorted(zip((-column[active]).tolist(), tokens[active].tolist(), strict=True))[: CONFIG.k]
-        got = [(-e.value, e.row * corpus.input_ids.shape[1] + e.pos) for e in record.top_examples]
-        assert got == expected, latent
+        best: dict[int, tuple[float, int]] = {}  # each row's best token: one example per row
+        for value, token in zip((-column[active]).tolist(), tokens[active].tolist(), strict=True):
+            best[token // width] = min(best.get(token // width, (0.0, 1 << 60)), (value, token))
+        expected = sorted(best.values())[: CONFIG.k]
+        got = [(-v, t) for v, t in zip(top_values[latent].tolist(), top_tokens[latent].tolist(), strict=True)]
+        assert got[: len(expected)] == expected, latent
+        # The record shows them all, near-duplicate windows merged into the first with a count.
+        shown = [(-e.value, e.row * width + e.pos) for e in record.top_examples]
+        assert set(shown) <= set(expected) and shown[:1] == expected[:1]
+        assert sum(e.count for e in record.top_examples) == len(expected)
         assert record.density == pytest.approx(float(active.double().mean()))
         assert table["density"][latent] == pytest.approx(record.density)
         if active.any():
@@ -71,26 +88,103 @@ def test_examples_show_their_token_in_context(
     corpus, _, _, directory = built
     record = LatentCache(directory).latent(0, window=3)
     example = record.top_examples[0]
+    assert example.count >= 1
     token = int(corpus.input_ids[example.row, example.pos])
     assert example.context[example.focus] == str(tiny.tokenizer.decode([token])).replace("\n", "↵")
     assert len(example.context) <= 7
     assert corpus.mask[example.row, example.pos]  # never position 0 or a special token
 
 
-def test_interval_examples_lie_in_their_interval(built: tuple[Corpus, Path, LoadedSAE, Path]) -> None:
-    *_, directory = built
+def test_quantile_groups_split_the_activations_from_the_top(
+    built: tuple[Corpus, Path, LoadedSAE, Path],
+) -> None:
+    corpus, acts_dir, sae, directory = built
+    f, *_ = brute_force(corpus, acts_dir, sae)
     cache = LatentCache(directory)
     filled = 0
     for latent in range(cache.d_sae):
         record = cache.latent(latent)
-        assert len(record.intervals) == CONFIG.n_intervals
-        for low, high, examples in record.intervals:
-            assert len(examples) <= CONFIG.examples_per_interval
-            assert len({(e.row, e.pos) for e in examples}) == len(examples)
-            for e in examples:
-                assert low - 1e-5 <= e.value <= high + 1e-5
-            filled += len(examples)
+        column = f[:, latent]
+        values = column[column > 0]
+        if not len(values):
+            assert record.groups == []
+            continue
+        assert sum(g.share for g in record.groups) == pytest.approx(1.0)
+        assert record.groups[0].high == pytest.approx(record.max)
+        for upper, lower in zip(record.groups, record.groups[1:], strict=False):
+            assert lower.high <= upper.low + 1e-6  # from the top down, not overlapping
+        for group in record.groups:
+            inside = ((values >= group.low * (1 - 1e-6)) & (values <= group.high * (1 + 1e-6))).double()
+            assert group.share == pytest.approx(float(inside.mean()), abs=1e-6)
+            assert sum(e.count for e in group.examples) <= CONFIG.examples_per_group
+            for e in group.examples:
+                assert group.low * (1 - 1e-6) <= e.value <= group.high * (1 + 1e-6)
+            filled += len(group.examples)
     assert filled > 0
+
+
+def test_every_example_carries_its_latents_activation_across_its_window(
+    built: tuple[Corpus, Path, LoadedSAE, Path],
+) -> None:
+    corpus, acts_dir, sae, directory = built
+    f, rows, pos = brute_force(corpus, acts_dir, sae)
+    width = corpus.input_ids.shape[1]
+    at = {int(t): i for i, t in enumerate((rows * width + pos).tolist())}
+    cache = LatentCache(directory)
+    checked = 0
+    for latent in range(cache.d_sae):
+        record = cache.latent(latent)
+        for e in record.top_examples + [x for g in record.groups for x in g.examples]:
+            start = e.pos - e.focus
+            assert start + len(e.context) <= corpus.sequences[e.row].length  # never padding
+            assert e.values[e.focus] == pytest.approx(e.value, rel=1e-3)
+            for n, value in enumerate(e.values):
+                token = e.row * width + start + n
+                if token not in at:
+                    assert value is None and not corpus.mask[e.row, start + n]
+                else:
+                    assert value == pytest.approx(float(f[at[token], latent]), rel=1e-3, abs=1e-4)
+                    checked += 1
+    assert checked > 100
+
+
+def test_windows_reach_back_to_the_request_and_trim_on_demand(
+    built: tuple[Corpus, Path, LoadedSAE, Path],
+) -> None:
+    corpus, *_, directory = built
+    cache = LatentCache(directory)
+    chat = [r for r, s in enumerate(corpus.sequences) if s.kind == "chat"]
+    ids = corpus.input_ids[chat]
+    start = int((ids == ids[:1]).all(0).long().cumprod(0).sum())  # the template's shared opening
+    seen = 0
+    for latent in range(cache.d_sae):
+        for e in cache.latent(latent).top_examples:
+            chat = corpus.sequences[e.row].kind == "chat"
+            if chat and start <= e.pos - CONFIG.context_before and e.pos - start <= CONFIG.request_reach:
+                assert e.pos - e.focus == start  # the whole request is in the window
+                seen += 1
+    assert seen > 0
+    example = cache.latent(0, window=2).top_examples[0]
+    assert len(example.context) <= 5 and len(example.values) == len(example.context)
+
+
+def test_every_latent_has_a_heuristic_label(built: tuple[Corpus, Path, LoadedSAE, Path]) -> None:
+    corpus, acts_dir, sae, directory = built
+    f, rows, pos = brute_force(corpus, acts_dir, sae)
+    cache = LatentCache(directory)
+    labels = cache.labels()
+    assert len(labels) == cache.d_sae
+    ids = corpus.input_ids[rows, pos].long()
+    for latent in range(cache.d_sae):
+        record = cache.latent(latent)
+        assert record.label == labels[latent]
+        if record.max <= 0:
+            assert labels[latent].startswith("never fires")
+            continue
+        assert labels[latent].startswith("fires on: ") and " · promotes: " in labels[latent]
+        # The label's first token carries activation on this corpus.
+        first = cache.column("label_fires_ids")[latent, 0]
+        assert float(f[ids == first, latent].sum()) > 0
 
 
 def test_harmful_harmless_means_and_alignment(built: tuple[Corpus, Path, LoadedSAE, Path]) -> None:

@@ -44,6 +44,31 @@ def test_top_k_equals_brute_force_with_ties_broken_by_token() -> None:
     assert (acc.top_values[11] == float("-inf")).all()
 
 
+def test_top_k_with_rows_keeps_each_rows_best_token_only() -> None:
+    # 400 tokens in rows of 25: neighbouring tokens of one row would otherwise crowd the top-k.
+    acts, tokens = corpus()
+    width = 25
+    batches = [(acts[i : i + 60], tokens[i : i + 60]) for i in range(0, len(acts), 60)]
+    acc = LatentAccumulator(D_SAE, K, M, seed=7, row_width=width)
+    for batch in batches:
+        acc.update(*batch)
+    halves = [LatentAccumulator(D_SAE, K, M, seed=7, row_width=width) for _ in range(2)]
+    for n, batch in enumerate(batches):
+        halves[n % 2].update(*batch)
+    halves[0].merge(halves[1])
+    for latent in range(D_SAE):
+        best: dict[int, tuple[float, int]] = {}
+        for value, token in zip(acts[:, latent].tolist(), tokens.tolist(), strict=True):
+            if value > 0:
+                best[token // width] = min(best.get(token // width, (0.0, 1 << 60)), (-value, token))
+        expected = sorted(best.values())[:K]
+        expected_tokens = [t for _, t in expected] + [-1] * (K - len(expected))
+        assert acc.top_tokens[latent].tolist() == expected_tokens, latent
+        assert halves[0].top_tokens[latent].tolist() == expected_tokens, latent
+    plain = run(batches)  # without rows, some latent's top-k repeats a row: the case above matters
+    assert any(len(set((t // width).tolist())) < K for t in plain.top_tokens[:11])
+
+
 def test_statistics_and_histogram_equal_brute_force() -> None:
     acts, tokens = corpus()
     acc = run([(acts[:200], tokens[:200]), (acts[200:], tokens[200:])])

@@ -45,6 +45,13 @@ def small_table() -> LatentTable:
         max=[1.0, 0.0, 2.0, 3.0, 0.5],
         top_logits=["sorry · cannot", "", "Paris · France", "the · a", "SORRYish"],
         snippet=["I «can»not", "", "in «Par»is", "«the» cat", "bomb«ing»s"],
+        label=[
+            "fires on: can · promotes: sorry",
+            "never fires on the corpus",
+            "fires on: Paris, Lyon · promotes: France",
+            "fires on: the",
+            "fires on: explosive · promotes: SORRYish",
+        ],
     )
 
 
@@ -56,6 +63,7 @@ def test_rows_equal_the_cache_arrays(cache: LatentCache, table: LatentTable) -> 
     assert table.post_diff == pytest.approx((post[:, 0] - post[:, 1]).tolist())
     assert table.density == pytest.approx(cache.column("density").tolist())
     assert table.max == pytest.approx(cache.column("max").tolist())
+    assert table.label == [cache.latent(i).label for i in range(cache.d_sae)]
 
 
 def test_token_columns_match_each_latents_record(cache: LatentCache, table: LatentTable) -> None:
@@ -114,6 +122,8 @@ def test_search_is_case_insensitive_over_logits_and_snippets() -> None:
     assert filter_rows(t, search="paris") == [2]  # "Par»is" in the snippet: the marks are ignored
     assert filter_rows(t, search="bombings") == [4]
     assert filter_rows(t, search="cat", hide_dense=True) == []
+    assert filter_rows(t, search="lyon") == [2]  # in the label only
+    assert filter_rows(t, search="EXPLOSIVE") == [4]
     assert filter_rows(t, search="") == [0, 1, 2, 3, 4]
 
 

@@ -23,15 +23,29 @@ def _one_sae(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     return loaded, sae, ensure_corpus(loaded, SAEStageConfig())
 
 
+def _cache_config(args: argparse.Namespace) -> Any:
+    from explorer.latents.schema import CacheConfig
+
+    return CacheConfig(
+        k=args.k,
+        n_groups=args.groups,
+        examples_per_group=args.per_group,
+        samples_per_bin=max(CacheConfig.samples_per_bin, args.per_group),
+        context_before=args.context_before,
+        context_after=args.context_after,
+    )
+
+
 def cmd_cache_build(args: argparse.Namespace) -> int:
     from explorer.latents.build import build_caches, build_sae_cache
     from explorer.latents.shards import parse_shard
 
     shard = parse_shard(args.shard) if args.shard else None
+    config = _cache_config(args)
     if args.sae is None:
         if shard or args.out or args.source != "auto":
             raise ValueError("--shard, --out and --source need --sae (the default stage builds every SAE)")
-        result = build_caches(args.model, attribution=args.attribution)
+        result = build_caches(args.model, config, attribution=args.attribution)
     else:
         loaded, sae, corpus = _one_sae(args)
         result = build_sae_cache(
@@ -42,6 +56,7 @@ def cmd_cache_build(args: argparse.Namespace) -> int:
             shard=shard,
             directory=Path(args.out) if args.out else None,
             attribution=args.attribution,
+            config=config,
         )
     sys.stdout.write(json.dumps(result, indent=2) + "\n")
     return 0
@@ -81,6 +96,7 @@ def cmd_cache_show(args: argparse.Namespace) -> int:
     out = [
         f"latent {record.latent}: density {record.density:.3%}, max {record.max:.3g}, "
         f"mean when active {record.mean_active:.3g} (raw activation units)",
+        f"  label (heuristic): {record.label}",
         f"  refusal cosine (decoder row vs direction at this layer): {record.refusal_cos}",
         "  harmful / harmless mean activation: "
         + ", ".join(f"{k} {h:.3g} / {s:.3g}" for k, (h, s) in record.harmful_vs_harmless.items()),
@@ -123,6 +139,11 @@ def add_cache_parser(sub: Any) -> None:
     )
     p.add_argument("--shard", metavar="I/N", help="build only corpus rows with row %% N == I; merge later")
     p.add_argument("--out", help="cache directory (default cache/latents/<model>/<sae>/)")
+    p.add_argument("--k", type=int, default=20, help="top examples per latent (one per sequence)")
+    p.add_argument("--groups", type=int, default=10, help="quantile groups per latent")
+    p.add_argument("--per-group", type=int, default=5, help="examples per quantile group")
+    p.add_argument("--context-before", type=int, default=24, help="tokens stored before an example's peak")
+    p.add_argument("--context-after", type=int, default=8, help="tokens stored after it")
     attribution(p)
     p.set_defaults(func=cmd_cache_build)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +30,7 @@ from explorer.latents.builder import (
     stored_batches,
     write_cache,
 )
+from explorer.latents.context import Codes, encode_codes
 from explorer.latents.reader import CacheError, LatentCache
 from explorer.latents.schema import LABELS, CacheConfig, latent_cache_dir
 from explorer.latents.shards import SHARDS_DIR, merge_shards, save_shard, shard_path
@@ -233,7 +235,19 @@ def merge_sae_cache(
     config = CacheConfig.from_dict(identity["config"])
     refusal = _optional_refusal(loaded)
     attributions = refusal_attributions(loaded, [sae], refusal, attribution)
-    arrays = finalize(acc, means, sae, loaded, refusal, config, attributions.get(sae.hook))
+    stored = _has_stored(loaded, corpus, sae.hook)
+
+    def codes(rows: torch.Tensor) -> Iterator[Codes]:
+        # The shards kept no activations: read the stored ones again, or run one more forward pass,
+        # over the rows holding examples only.
+        batches = (
+            stored_batches(activations_dir(loaded.name), sae.hook, rows)
+            if stored
+            else model_batches(loaded, corpus, sae.hook, rows & cache_rows(corpus))
+        )
+        return encode_codes(sae, batches, corpus.input_ids.shape[1], config.batch_tokens)
+
+    arrays = finalize(acc, means, sae, loaded, refusal, config, corpus, codes, attributions.get(sae.hook))
     seconds = {"merge": time.perf_counter() - start}
     manifest = finished_manifest(identity, acc, sae, refusal, seconds)
     manifest["source"] = f"merge of {n} shards"

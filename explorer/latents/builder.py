@@ -18,8 +18,9 @@ from __future__ import annotations
 import json
 import logging
 import resource
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,10 @@ from explorer import __version__
 from explorer.core.hooks import run_to
 from explorer.core.models import LoadedModel, model_fingerprint
 from explorer.core.paths import atomic_directory, write_json_atomic
+from explorer.latents.context import Batch, Codes, CodeSpill, gather_context, request_starts
 from explorer.latents.effects import direction_cosines, logit_effects, nearest_latents
+from explorer.latents.groups import quantile_groups
+from explorer.latents.labels import characteristic_tokens, token_frequencies
 from explorer.latents.schema import (
     ARRAYS_FILE,
     LABELS,
@@ -105,29 +109,36 @@ def accumulate(
     batches: Any,
     corpus: Corpus,
     config: CacheConfig,
+    codes: CodeSpill | None = None,
 ) -> tuple[LatentAccumulator, LabelMeans]:
-    """Encode stored activations batch by batch and fold them into the accumulators.
+    """Encode activations batch by batch and fold them into the accumulators.
 
     Args:
-        batches: iterable of (acts [n, d_model], row [n], pos [n]) from the stored shards.
+        batches: iterable of (acts [n, d_model], row [n], pos [n]) from the stored shards or the model.
+        codes: where to keep the non-zero activations for the context pass (None: not kept).
     """
-    acc = LatentAccumulator(sae.d_sae, config.k, config.samples_per_bin, config.seed)
-    means = LabelMeans(corpus, sae.d_sae, config.n_post_instruction)
     width = corpus.input_ids.shape[1]
+    acc = LatentAccumulator(sae.d_sae, config.k, config.samples_per_bin, config.seed, row_width=width)
+    means = LabelMeans(corpus, sae.d_sae, config.n_post_instruction)
     module = sae.sae
     for acts, row, pos in batches:
         for i in range(0, len(acts), config.batch_tokens):
             x = acts[i : i + config.batch_tokens].to(module.device, module.dtype)
             r, p = row[i : i + config.batch_tokens].long(), pos[i : i + config.batch_tokens].long()
             f = module.encode(x).float().cpu()
-            acc.update(f, r * width + p)
+            where = (f > 0).nonzero()
+            latents, tokens = where[:, 1], (r * width + p)[where[:, 0]]
+            values = f[where[:, 0], where[:, 1]]
+            acc.update_sparse(latents, tokens, values, n_tokens=len(f))
             means.update(f, r, p)
+            if codes is not None:
+                codes.write(tokens, latents, values)
     return acc, means
 
 
 def stored_batches(
     activations: Path, hook: str, keep_rows: torch.Tensor, shard: tuple[int, int] = (0, 1)
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+) -> Iterator[Batch]:
     """Yield (acts, row, pos) from the stored shards of `hook`, keeping rows in `keep_rows` (and, for a
     sharded build `shard=(i, n)`, only rows with row % n == i)."""
     index, n = shard
@@ -152,7 +163,7 @@ def model_batches(
     keep_rows: torch.Tensor,
     shard: tuple[int, int] = (0, 1),
     batch_size: int = 32,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+) -> Iterator[Batch]:
     """Yield (acts, row, pos) at the counted positions of the corpus rows, running the model up to `hook`
     (the forward pass stops there). Rows are selected as in `stored_batches`."""
     index, n = shard
@@ -168,32 +179,6 @@ def model_batches(
         keep = corpus.mask[chunk, :width]
         where = keep.nonzero()
         yield acts[keep.to(acts.device)], torch.tensor(chunk)[where[:, 0]], where[:, 1]
-
-
-def intervals(
-    acc: LatentAccumulator, n_intervals: int, per_interval: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Interval examples: [d_sae, n_intervals, per_interval] tokens (-1 where fewer exist) and values.
-
-    Intervals split [0, max] of each latent into equal parts; within each, the examples are the interval
-    samples with the smallest seeded hash, a uniform reproducible draw (exact for sample bins inside the
-    interval; a bin straddling an interval edge contributes only its candidates on the right side).
-    """
-    d_sae, n_bins = acc.d_sae, acc.grid.n_sample_bins
-    keys = acc.sample_keys.view(d_sae, n_bins * acc.m)
-    values = acc.sample_values.view(d_sae, n_bins * acc.m)
-    tokens = acc.sample_tokens.view(d_sae, n_bins * acc.m)
-    top = acc.max.clamp_min(1e-12)[:, None]
-    which = (values / top * n_intervals).floor().long().clamp(0, n_intervals - 1)
-    out_tokens = torch.full((d_sae, n_intervals, per_interval), -1, dtype=torch.long)
-    out_values = torch.zeros(d_sae, n_intervals, per_interval)
-    for j in range(n_intervals):
-        masked = torch.where((which == j) & (tokens >= 0), keys, torch.full_like(keys, torch.inf))
-        best = masked.topk(per_interval, dim=1, largest=False, sorted=True)
-        found = torch.isfinite(best.values)
-        out_tokens[:, j] = torch.where(found, tokens.gather(1, best.indices), -1)
-        out_values[:, j] = torch.where(found, values.gather(1, best.indices), 0.0)
-    return out_tokens, out_values
 
 
 def quantiles_from_histogram(hist: torch.Tensor, edges: torch.Tensor, qs: tuple[float, ...]) -> torch.Tensor:
@@ -219,20 +204,27 @@ def finalize(
     loaded: LoadedModel,
     refusal: RefusalDirection | None,
     config: CacheConfig,
+    corpus: Corpus,
+    codes: Callable[[torch.Tensor], Iterable[Codes]],
     attribution: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Turn accumulators into the per-latent arrays stored in `latents.safetensors`.
 
     Args:
+        codes: given the [n_rows] rows holding examples, the SAE's non-zero activations on (at least)
+            those rows, for the examples' windows.
         attribution: optional label ("harmful", "harmless") -> [d_sae] attribution on the refusal score.
     """
     count = acc.count.clamp_min(1)
     mean_active = (acc.sum / count).float()
     var = (acc.sum_sq / count - (acc.sum / count) ** 2).clamp_min(0)
-    interval_tokens, interval_values = intervals(acc, config.n_intervals, config.examples_per_interval)
+    groups = quantile_groups(acc, config.n_groups, config.examples_per_group)
     top_ids, top_logits, bottom_ids, bottom_logits = logit_effects(sae, loaded.model)
     near_ids, near_cos = nearest_latents(sae)
     label_means = means.means()
+    frequencies = token_frequencies(
+        corpus.input_ids, corpus.mask & cache_rows(corpus)[:, None], len(loaded.tokenizer)
+    )
     arrays = {
         "top_values": acc.top_values.clamp_min(0),  # -inf marks a missing example; stored as 0 with token -1
         "top_tokens": acc.top_tokens,
@@ -243,8 +235,8 @@ def finalize(
         "std_active": var.sqrt().float(),
         "quantiles": quantiles_from_histogram(acc.hist, acc.grid.edges(), QUANTILES),
         "hist": acc.hist.int(),
-        "interval_tokens": interval_tokens,
-        "interval_values": interval_values,
+        **groups,
+        "label_fires_ids": characteristic_tokens(acc, corpus.input_ids, frequencies),
         "logit_top_ids": top_ids,
         "logit_top": top_logits,
         "logit_bottom_ids": bottom_ids,
@@ -254,6 +246,12 @@ def finalize(
         "prompt_mean": label_means[0].T.contiguous(),  # [d_sae, 2 (harmful, harmless)]
         "post_mean": label_means[1].T.contiguous(),
     }
+    examples = torch.cat([acc.top_tokens, groups["group_tokens"].flatten(1)], dim=1)
+    seq_len = corpus.input_ids.shape[1]
+    rows = torch.zeros(len(corpus.sequences), dtype=torch.bool)
+    rows[torch.unique(examples[examples >= 0] // seq_len)] = True
+    lengths, starts = row_lengths(corpus), request_starts(corpus.input_ids, chat_rows(corpus))
+    arrays |= gather_context(codes(rows), examples, lengths, starts, seq_len, config)
     if refusal is not None:
         per_layer = refusal.directions[:, refusal.position]  # [n_locations, d_model]
         arrays["refusal_cos_layers"] = direction_cosines(sae, per_layer).contiguous()
@@ -267,6 +265,16 @@ def finalize(
     return {k: v.contiguous() for k, v in arrays.items()}
 
 
+def row_lengths(corpus: Corpus) -> torch.Tensor:
+    """[n_rows] real tokens per row."""
+    return torch.tensor([s.length for s in corpus.sequences], dtype=torch.long)
+
+
+def chat_rows(corpus: Corpus) -> torch.Tensor:
+    """[n_rows] True for chat transcripts."""
+    return torch.tensor([s.kind == "chat" for s in corpus.sequences], dtype=torch.bool)
+
+
 def write_cache(
     directory: Path,
     arrays: dict[str, torch.Tensor],
@@ -277,7 +285,13 @@ def write_cache(
     """Write one cache directory atomically: a killed build leaves the previous cache as it was."""
     with atomic_directory(directory) as tmp:
         save_file(arrays, str(tmp / ARRAYS_FILE))
-        save_file({"input_ids": corpus.input_ids, "mask": corpus.mask}, str(tmp / TOKENS_FILE))
+        rows = {
+            "input_ids": corpus.input_ids,
+            "mask": corpus.mask,
+            "lengths": row_lengths(corpus),
+            "request_start": request_starts(corpus.input_ids, chat_rows(corpus)),
+        }
+        save_file(rows, str(tmp / TOKENS_FILE))
         (tmp / VOCAB_FILE).write_text(json.dumps(readable_vocab(tokenizer), ensure_ascii=False))
         write_json_atomic(tmp / MANIFEST_FILE, manifest)
 
@@ -323,16 +337,21 @@ def build_latent_cache(
     config = config or CacheConfig()
     start = time.perf_counter()
     keep = cache_rows(corpus)
-    batches = (
-        model_batches(loaded, corpus, sae.hook, keep)
-        if activations is None
-        else stored_batches(activations, sae.hook, keep)
-    )
-    acc, means = accumulate(sae, batches, corpus, config)
-    t_pass = time.perf_counter() - start
-    arrays = finalize(acc, means, sae, loaded, refusal, config, attribution)
-    seconds = time.perf_counter() - start
     target = directory or latent_cache_dir(loaded.name, sae.name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".codes-") as tmp:
+        batches = (
+            model_batches(loaded, corpus, sae.hook, keep)
+            if activations is None
+            else stored_batches(activations, sae.hook, keep)
+        )
+        spill = CodeSpill(Path(tmp), sae.d_sae)
+        acc, means = accumulate(sae, batches, corpus, config, spill)
+        t_pass = time.perf_counter() - start
+        arrays = finalize(
+            acc, means, sae, loaded, refusal, config, corpus, lambda _: spill.read(), attribution
+        )
+    seconds = time.perf_counter() - start
     manifest = finished_manifest(
         base_manifest(loaded, sae, corpus, config), acc, sae, refusal, {"pass": t_pass, "total": seconds}
     )

@@ -8,13 +8,16 @@ SAE the caller has loaded, is refused with a message naming the file and the mis
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 
+from explorer.latents.context import duplicate_of, window_bounds
+from explorer.latents.labels import N_PROMOTES, heuristic_label
 from explorer.latents.schema import (
     ARRAYS_FILE,
     MANIFEST_FILE,
@@ -22,6 +25,7 @@ from explorer.latents.schema import (
     SCHEMA_VERSION,
     TOKENS_FILE,
     VOCAB_FILE,
+    CacheConfig,
 )
 from explorer.latents.stats import Grid
 
@@ -47,6 +51,11 @@ class Example:
     Attributes:
         row: corpus row (sequence id); pos: position in it; value: the latent's activation there.
         context: rendered tokens of the window; focus: index of the activating token in `context`.
+        values: the latent's activation at each token of `context`; None where the position is not
+            counted (the first position, special tokens), whose activations the cache does not hold.
+        count: how many identical or near-identical windows this one stands for (itself included).
+        request: the text to try in the prompt inspector: a chat example's user request, else the
+            window's text.
     """
 
     row: int
@@ -54,6 +63,24 @@ class Example:
     value: float
     context: list[str]
     focus: int
+    values: list[float | None] = field(default_factory=list)
+    count: int = 1
+    request: str = ""
+
+
+@dataclass(frozen=True)
+class ExampleGroup:
+    """A quantile group of a latent's non-zero activations and a uniform sample of its examples.
+
+    Attributes:
+        low, high: the group's activation range (raw units).
+        share: the fraction of the latent's non-zero activations that fall in the group.
+    """
+
+    low: float
+    high: float
+    share: float
+    examples: list[Example]
 
 
 @dataclass(frozen=True)
@@ -62,7 +89,9 @@ class LatentRecord:
 
     Values are raw latent activations; `max` converts them to fractions of the latent's corpus max.
     `quantiles` (p50, p90, p99 of non-zero activations) are read off the histogram, within half a bin.
-    `attribution` is (harmful, harmless) mean activation x gradient on the refusal score.
+    `attribution` is (harmful, harmless) mean activation x gradient on the refusal score. `groups` are
+    the quantile groups from the top down (empty ones left out); examples in a list are distinct
+    (near-duplicates are merged into one with a count).
     """
 
     latent: int
@@ -71,7 +100,7 @@ class LatentRecord:
     mean_active: float
     std_active: float
     top_examples: list[Example]
-    intervals: list[tuple[float, float, list[Example]]]
+    groups: list[ExampleGroup]
     histogram: tuple[list[float], list[int]]
     logits_top: list[tuple[str, float]]
     logits_bottom: list[tuple[str, float]]
@@ -81,6 +110,23 @@ class LatentRecord:
     harmful_vs_harmless: dict[str, tuple[float, float]]
     quantiles: dict[str, float]
     attribution: tuple[float, float] | None
+    label: str
+
+
+def merge_duplicates(examples: list[Example]) -> list[Example]:
+    """The examples with identical or near-identical windows merged into the first (highest) of each
+    kind, which counts them."""
+    first = duplicate_of([(e.context, e.focus) for e in examples])
+    counts = Counter(first)
+    return [replace(e, count=counts[i]) for i, e in enumerate(examples) if first[i] == i]
+
+
+def trimmed(example: Example, before: int, after: int) -> Example:
+    """The example with at most `before` tokens before its activating token and `after` after it."""
+    lo, hi = max(example.focus - before, 0), example.focus + after + 1
+    return replace(
+        example, context=example.context[lo:hi], values=example.values[lo:hi], focus=example.focus - lo
+    )
 
 
 class LatentCache:
@@ -137,50 +183,100 @@ class LatentCache:
             self._arrays = safe_open(str(directory / ARRAYS_FILE), framework="pt")
             tokens = safe_open(str(directory / TOKENS_FILE), framework="pt")
             self._input_ids = tokens.get_tensor("input_ids")
+            self._counted = tokens.get_tensor("mask")
+            self._lengths = tokens.get_tensor("lengths")
+            self._request_start = tokens.get_tensor("request_start")
             self._vocab: list[str] = json.loads((directory / VOCAB_FILE).read_text())
-        except (OSError, SafetensorError, json.JSONDecodeError) as e:
+            self.config = CacheConfig.from_dict(self.manifest["config"])
+            self.d_sae = int(self.manifest["sae"]["d_sae"])
+            self.seq_len = int(self.manifest["seq_len"])
+            self.grid = Grid(**self.manifest["grid"])
+        except (OSError, SafetensorError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise CacheError(f"latent cache at {directory} is corrupt or truncated ({e}); rebuild it") from e
-        self.d_sae = int(self.manifest["sae"]["d_sae"])
-        self.seq_len = int(self.manifest["seq_len"])
-        self.grid = Grid(**self.manifest["grid"])
         self._keys = set(self._arrays.keys())
 
-    def _row(self, name: str, latent: int) -> torch.Tensor:
+    def _row(self, name: str, latent: int | slice) -> torch.Tensor:
         return self._arrays.get_slice(name)[latent]
 
-    def _example(self, token: int, value: float, window: int) -> Example:
-        row, pos = divmod(token, self.seq_len)
-        lo, hi = max(pos - window, 0), min(pos + window + 1, self.seq_len)
-        ids = self._input_ids[row, lo:hi].tolist()
-        return Example(row, pos, value, [self._vocab[i] for i in ids], pos - lo)
+    def _examples(self, latent: int, tokens: list[int], values: list[float]) -> list[Example | None]:
+        """Every example slot of a latent (global token and value per slot) with its window's
+        activations; None for an empty slot."""
+        have = [slot for slot, t in enumerate(tokens) if t >= 0]
+        out: list[Example | None] = [None] * len(tokens)
+        if not have:
+            return out
+        chosen = torch.tensor([tokens[slot] for slot in have])
+        lows, highs = window_bounds(
+            chosen // self.seq_len, chosen % self.seq_len, self._lengths, self._request_start, self.config
+        )
+        start, end = (int(x) for x in self._row("context_offsets", slice(latent, latent + 2)))
+        index = self._arrays.get_slice("context_index")[start:end].tolist()
+        stored = dict(
+            zip(index, self._arrays.get_slice("context_values")[start:end].float().tolist(), strict=True)
+        )
+        for slot, lo, hi in zip(have, lows.tolist(), highs.tolist(), strict=True):
+            row, pos = divmod(tokens[slot], self.seq_len)
+            ids = self._input_ids[row, lo:hi].tolist()
+            counted = self._counted[row, lo:hi].tolist()
+            base = slot * self.seq_len
+            out[slot] = Example(
+                row=row,
+                pos=pos,
+                value=values[slot],
+                context=[self._vocab[i] for i in ids],
+                focus=pos - lo,
+                values=[
+                    stored.get(base + p, 0.0) if c else None
+                    for p, c in zip(range(lo, hi), counted, strict=True)
+                ],
+                request=self._request_text(row, lo, hi),
+            )
+        return out
 
-    def latent(self, latent: int, window: int = 10) -> LatentRecord:
-        """The record of one latent.
+    def _request_text(self, row: int, lo: int, hi: int) -> str:
+        """A chat row's user request (up to the next special token), else the window's text."""
+        start = int(self._request_start[row])
+        if start >= 0:
+            counted = self._counted[row, start : int(self._lengths[row])].tolist()
+            end = start + (counted.index(False) if False in counted else len(counted))
+            lo, hi = start, end
+        return (
+            "".join(self._vocab[i] for i in self._input_ids[row, lo:hi].tolist())
+            .replace("↵", "\n")
+            .replace("⇥", "\t")
+        )
+
+    def latent(self, latent: int, window: int | None = None) -> LatentRecord:
+        """The record of one latent; `window` trims every example to that many tokens either side of
+        its activating token (None: the whole stored window).
 
         Raises:
             CacheError: `latent` is out of range (the message gives the range).
         """
         if not 0 <= latent < self.d_sae:
             raise CacheError(f"latent {latent} is out of range: this SAE has latents 0..{self.d_sae - 1}")
-        top_tokens, top_values = (
-            self._row("top_tokens", latent).tolist(),
-            self._row("top_values", latent).tolist(),
+        k, n_groups, per = self.config.k, self.config.n_groups, self.config.examples_per_group
+        slots = self._examples(
+            latent,
+            self._row("top_tokens", latent).tolist() + self._row("group_tokens", latent).flatten().tolist(),
+            self._row("top_values", latent).tolist() + self._row("group_values", latent).flatten().tolist(),
         )
-        top = [self._example(t, v, window) for t, v in zip(top_tokens, top_values, strict=True) if t >= 0]
+
+        def present(part: list[Example | None]) -> list[Example]:
+            return merge_duplicates([e for e in part if e is not None])
+
+        top = present(slots[:k])
         peak = float(self._row("max", latent))
-        n_int = int(self.manifest["config"]["n_intervals"])
-        itokens, ivalues = (
-            self._row("interval_tokens", latent).tolist(),
-            self._row("interval_values", latent).tolist(),
-        )
-        intervals = [
-            (
-                j * peak / n_int,
-                (j + 1) * peak / n_int,
-                [self._example(t, v, window) for t, v in zip(itokens[j], ivalues[j], strict=True) if t >= 0],
-            )
-            for j in range(n_int)
+        lows, highs = self._row("group_low", latent).tolist(), self._row("group_high", latent).tolist()
+        shares = self._row("group_share", latent).tolist()
+        groups = [
+            ExampleGroup(lows[g], highs[g], shares[g], present(slots[k + g * per : k + (g + 1) * per]))
+            for g in range(n_groups)
+            if shares[g] > 0
         ]
+        if window is not None:
+            top = [trimmed(e, window, window) for e in top]
+            groups = [replace(g, examples=[trimmed(e, window, window) for e in g.examples]) for g in groups]
         edges = self.grid.edges().tolist()
         counts = self._row("hist", latent).tolist()
         used = [i for i, c in enumerate(counts) if c]
@@ -194,7 +290,7 @@ class LatentCache:
             mean_active=float(self._row("mean_active", latent)),
             std_active=float(self._row("std_active", latent)),
             top_examples=top,
-            intervals=intervals,
+            groups=groups,
             histogram=(
                 [edges[i] for i in span] + ([edges[span[-1] + 1]] if used else []),
                 [counts[i] for i in span],
@@ -216,7 +312,20 @@ class LatentCache:
                 for q, v in zip(QUANTILES, self._row("quantiles", latent).tolist(), strict=True)
             },
             attribution=self._pair("attribution", latent) if "attribution" in self._keys else None,
+            label=self.labels(slice(latent, latent + 1))[0],
         )
+
+    def labels(self, latents: slice | None = None) -> list[str]:
+        """The build's heuristic label of each latent (all of them by default), e.g.
+        `fires on: make, build, bomb · promotes: I, Sorry`."""
+        part = latents or slice(0, self.d_sae)
+        fires = self._arrays.get_slice("label_fires_ids")[part].tolist()
+        promotes = self._arrays.get_slice("logit_top_ids")[part][:, :N_PROMOTES].tolist()
+        active = (self._arrays.get_slice("max")[part] > 0).tolist()
+        return [
+            heuristic_label([self._vocab[i] for i in f if i >= 0], [self._vocab[i] for i in p], a)
+            for f, p, a in zip(fires, promotes, active, strict=True)
+        ]
 
     def _pair(self, name: str, latent: int) -> tuple[float, float]:
         harmful, harmless = self._row(name, latent).tolist()

@@ -1,7 +1,8 @@
 """The on-disk format of a latent cache: its files, schema version, build config and location.
 
 One directory per SAE (`cache/latents/<model>/<sae>/`): `latents.safetensors` (per-latent arrays),
-`tokens.safetensors` (the corpus rows the examples point into), `vocab.json` (each token id's text) and
+`tokens.safetensors` (the corpus rows the examples point into, their lengths and where each chat
+request starts), `vocab.json` (each token id's text) and
 `manifest.json` (schema version, fingerprints, config, timings). The builder writes it; the reader, the
 table and the exports read it.
 """
@@ -14,7 +15,7 @@ from typing import Any
 
 from explorer.core.paths import cache_dir
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 ARRAYS_FILE = "latents.safetensors"
 TOKENS_FILE = "tokens.safetensors"
 MANIFEST_FILE = "manifest.json"
@@ -27,28 +28,43 @@ class CacheConfig:
     """How the latent cache is built.
 
     Attributes:
-        k: top-activating examples kept per latent.
-        samples_per_bin: interval-sample candidates kept per latent and sample bin.
-        n_intervals: activation intervals between 0 and each latent's max.
-        examples_per_interval: examples drawn per interval.
+        k: top-activating examples kept per latent (one per corpus row: its best token).
+        samples_per_bin: sample candidates kept per latent and sample bin (the quantile groups draw
+            from them).
+        n_groups: quantile groups of each latent's non-zero activations, from the top down.
+        examples_per_group: examples drawn per quantile group.
+        context_before: tokens stored before each example's activating token.
+        context_after: tokens stored after it.
+        request_reach: a chat example's window reaches back to the start of the user's request when
+            that starts at most this many tokens before the activating token (so the request is whole).
         n_post_instruction: post-instruction positions (the chat template's tail after the user turn).
         batch_tokens: activations encoded per SAE batch.
-        seed: seeds interval sampling.
+        seed: seeds the quantile groups' sampling.
     """
 
     k: int = 20
     samples_per_bin: int = 8
-    n_intervals: int = 10
-    examples_per_interval: int = 5
+    n_groups: int = 10
+    examples_per_group: int = 5
+    context_before: int = 24
+    context_after: int = 8
+    request_reach: int = 64
     n_post_instruction: int = 6
     batch_tokens: int = 8192
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.k < 1 or self.n_intervals < 1 or self.examples_per_interval < 1:
-            raise ValueError("k, n_intervals and examples_per_interval must be >= 1")
-        if self.examples_per_interval > self.samples_per_bin:
-            raise ValueError("examples_per_interval cannot exceed samples_per_bin")
+        if self.k < 1 or self.n_groups < 1 or self.examples_per_group < 1:
+            raise ValueError("k, n_groups and examples_per_group must be >= 1")
+        if self.examples_per_group > self.samples_per_bin:
+            raise ValueError("examples_per_group cannot exceed samples_per_bin")
+        if min(self.context_before, self.context_after, self.request_reach) < 0:
+            raise ValueError("context_before, context_after and request_reach must be >= 0")
+
+    @property
+    def n_examples(self) -> int:
+        """Example slots per latent: the top k, then each group's examples."""
+        return self.k + self.n_groups * self.examples_per_group
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

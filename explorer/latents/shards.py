@@ -91,7 +91,10 @@ def load_shard(path: Path, corpus: Corpus) -> tuple[LatentAccumulator, LabelMean
         grid = Grid(**json.loads(metadata["grid"]))
         config = CacheConfig.from_dict(manifest["config"])
         acc = LatentAccumulator.from_state(
-            {k.removeprefix("acc."): v for k, v in tensors.items() if k.startswith("acc.")}, config.seed, grid
+            {k.removeprefix("acc."): v for k, v in tensors.items() if k.startswith("acc.")},
+            config.seed,
+            grid,
+            row_width=corpus.input_ids.shape[1],
         )
     except (OSError, SafetensorError, KeyError, json.JSONDecodeError, ValueError) as e:
         raise ShardError(f"shard {path} is corrupt or truncated ({e}); rebuild that shard") from e

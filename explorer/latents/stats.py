@@ -2,7 +2,8 @@
 
 Every part is exact and mergeable, so shards of a corpus can be built independently and combined:
 
-- top-k activations per latent with their token ids (ties broken by the smaller token id);
+- top-k activations per latent with their token ids (ties broken by the smaller token id), at most one
+  per corpus row when rows are given (a sequence's neighbouring tokens would otherwise fill the list);
 - count of active tokens, sum and sum of squares of active values, max;
 - a histogram of non-zero activations on a fixed log-spaced grid shared by every latent and shard;
 - interval samples: for every latent and every sample bin (a coarser fixed log grid), the `m` active
@@ -78,7 +79,7 @@ def token_hash(latents: torch.Tensor, tokens: torch.Tensor, seed: int) -> torch.
     return (x >> 10).double() / float(1 << 53)
 
 
-def _rank_within_groups(groups: torch.Tensor) -> torch.Tensor:
+def rank_within_groups(groups: torch.Tensor) -> torch.Tensor:
     """For a tensor sorted by group, each element's rank within its group (0 for the first)."""
     n = groups.numel()
     if n == 0:
@@ -99,13 +100,22 @@ class LatentAccumulator:
         samples_per_bin: interval-sample candidates kept per latent and sample bin.
         seed: seeds the sampling hash.
         grid: the shared bin grid.
+        row_width: tokens per corpus row (global id = row * row_width + position): the top-k then keeps
+            each latent's best token of a row only. None keeps every token.
     """
 
     def __init__(
-        self, d_sae: int, k: int = 20, samples_per_bin: int = 8, seed: int = 0, grid: Grid | None = None
+        self,
+        d_sae: int,
+        k: int = 20,
+        samples_per_bin: int = 8,
+        seed: int = 0,
+        grid: Grid | None = None,
+        row_width: int | None = None,
     ):
         self.d_sae, self.k, self.m, self.seed = d_sae, k, samples_per_bin, seed
         self.grid = grid or Grid()
+        self.row_width = row_width
         self.n_tokens = 0
         self.top_values = torch.full((d_sae, k), -math.inf)
         self.top_tokens = torch.full((d_sae, k), -1, dtype=torch.long)
@@ -154,14 +164,22 @@ class LatentAccumulator:
         order = order[torch.argsort(-values[order], stable=True)]
         order = order[torch.argsort(latents[order], stable=True)]
         lat, tok, val = latents[order], tokens[order], values[order]
-        rank = _rank_within_groups(lat)
+        if self.row_width is not None:
+            # Within a (latent, row) the first entry is the best: drop the rest before ranking.
+            rows = tok // self.row_width
+            key = lat * (int(rows.max()) + 1) + rows
+            group = torch.argsort(key, stable=True)
+            repeat = torch.zeros_like(lat, dtype=torch.bool)
+            repeat[group[1:]] = key[group[1:]] == key[group[:-1]]
+            lat, tok, val = lat[~repeat], tok[~repeat], val[~repeat]
+        rank = rank_within_groups(lat)
         keep = rank < self.k
         new_values = torch.full((self.d_sae, self.k), -math.inf)
         new_tokens = torch.full((self.d_sae, self.k), -1, dtype=torch.long)
         new_values[lat[keep], rank[keep]] = val[keep]
         new_tokens[lat[keep], rank[keep]] = tok[keep]
         self.top_values, self.top_tokens = _merge_top(
-            self.top_values, self.top_tokens, new_values, new_tokens, self.k
+            self.top_values, self.top_tokens, new_values, new_tokens, self.k, self.row_width
         )
 
     def _update_samples(
@@ -170,7 +188,7 @@ class LatentAccumulator:
         order = torch.argsort(keys, stable=True)
         order = order[torch.argsort(groups[order], stable=True)]
         grp, key, tok, val = groups[order], keys[order], tokens[order], values[order]
-        rank = _rank_within_groups(grp)
+        rank = rank_within_groups(grp)
         keep = rank < self.m
         grp, key, tok, val, rank = grp[keep], key[keep], tok[keep], val[keep], rank[keep]
         # Only the (latent, bin) slots this batch touched are merged: a batch touches a few percent of them.
@@ -202,15 +220,18 @@ class LatentAccumulator:
 
     def merge(self, other: LatentAccumulator) -> None:
         """Fold another accumulator (another shard of the corpus) into this one, exactly."""
-        same = (other.d_sae, other.k, other.m, other.seed, other.grid) == (
+        same = (other.d_sae, other.k, other.m, other.seed, other.grid, other.row_width) == (
             self.d_sae,
             self.k,
             self.m,
             self.seed,
             self.grid,
+            self.row_width,
         )
         if not same:
-            raise ValueError("accumulators differ in d_sae, k, samples per bin, seed or grid; cannot merge")
+            raise ValueError(
+                "accumulators differ in d_sae, k, samples per bin, seed, grid or row width; cannot merge"
+            )
         self.n_tokens += other.n_tokens
         self.count += other.count
         self.sum += other.sum
@@ -218,7 +239,7 @@ class LatentAccumulator:
         self.max = torch.maximum(self.max, other.max)
         self.hist += other.hist
         self.top_values, self.top_tokens = _merge_top(
-            self.top_values, self.top_tokens, other.top_values, other.top_tokens, self.k
+            self.top_values, self.top_tokens, other.top_values, other.top_tokens, self.k, self.row_width
         )
         self._merge_samples(other.sample_keys, other.sample_values, other.sample_tokens)
 
@@ -240,10 +261,10 @@ class LatentAccumulator:
 
     @classmethod
     def from_state(
-        cls, state: dict[str, torch.Tensor], seed: int, grid: Grid | None = None
+        cls, state: dict[str, torch.Tensor], seed: int, grid: Grid | None = None, row_width: int | None = None
     ) -> LatentAccumulator:
         d_sae, k = state["top_values"].shape
-        acc = cls(d_sae, k, state["sample_keys"].shape[1], seed, grid)
+        acc = cls(d_sae, k, state["sample_keys"].shape[1], seed, grid, row_width)
         if state["hist"].shape[1] != acc.grid.n_bins:
             raise ValueError(f"histogram has {state['hist'].shape[1]} bins, the grid {acc.grid.n_bins}")
         acc.n_tokens = int(state["n_tokens"][0])
@@ -256,14 +277,32 @@ class LatentAccumulator:
 
 
 def _merge_top(
-    values_a: torch.Tensor, tokens_a: torch.Tensor, values_b: torch.Tensor, tokens_b: torch.Tensor, k: int
+    values_a: torch.Tensor,
+    tokens_a: torch.Tensor,
+    values_b: torch.Tensor,
+    tokens_b: torch.Tensor,
+    k: int,
+    row_width: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k largest of two [d_sae, k] top lists; equal values are ordered by the smaller token id."""
+    """The k largest of two [d_sae, k] top lists; equal values are ordered by the smaller token id; with
+    `row_width`, a row's best token only."""
     values = torch.cat([values_a, values_b], dim=1)
     tokens = torch.cat([tokens_a, tokens_b], dim=1)
     # Order by token first (missing entries, id -1, last), then stably by value: ties keep token order.
     token_key = torch.where(tokens < 0, torch.full_like(tokens, torch.iinfo(torch.long).max), tokens)
     order = torch.argsort(token_key, dim=1, stable=True)
     values, tokens = values.gather(1, order), tokens.gather(1, order)
+    order = torch.argsort(-values, dim=1, stable=True)
+    values, tokens = values.gather(1, order), tokens.gather(1, order)
+    if row_width is not None:
+        # Best first now; a stable sort by row puts each row's best first within its run of equal rows.
+        rows = torch.where(tokens < 0, -1 - torch.arange(tokens.shape[1]), tokens // row_width)
+        by_row = torch.argsort(rows, dim=1, stable=True)
+        sorted_rows = rows.gather(1, by_row)
+        repeat = torch.zeros_like(tokens, dtype=torch.bool)
+        repeat[:, 1:] = sorted_rows[:, 1:] == sorted_rows[:, :-1]
+        dropped = torch.zeros_like(repeat).scatter(1, by_row, repeat)
+        values = torch.where(dropped, -math.inf, values)
+        tokens = torch.where(dropped, -1, tokens)
     order = torch.argsort(-values, dim=1, stable=True)[:, :k]
     return values.gather(1, order), tokens.gather(1, order)

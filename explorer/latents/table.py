@@ -21,6 +21,7 @@ NUMERIC_COLUMNS = ("latent", "refusal_cos", "attribution", "post_diff", "density
 
 COLUMN_TITLES = {
     "latent": "latent",
+    "label": "label",
     "refusal_cos": "cos refusal",
     "attribution": "attribution (harmful)",
     "post_diff": "harmful − harmless",
@@ -51,6 +52,7 @@ class LatentTable:
         top_logits: the tokens the latent promotes most, as text (" · " between tokens).
         snippet: the top-activating example's context, the activating token marked «like this»
             ("" for a latent that never fired).
+        label: the build's heuristic label (`explorer.latents.labels`).
     """
 
     latent: list[int]
@@ -61,6 +63,7 @@ class LatentTable:
     max: list[float]
     top_logits: list[str]
     snippet: list[str]
+    label: list[str]
 
     def __len__(self) -> int:
         return len(self.latent)
@@ -136,6 +139,7 @@ def build_table(cache: LatentCache, n_logits: int = 5, window: int = 4) -> Laten
         max=columns["max"],
         top_logits=[" · ".join(tokens) for tokens in shown],
         snippet=snippets,
+        label=cache.labels(),
     )
 
 
@@ -154,7 +158,8 @@ def filter_rows(
         ranges: column -> (low, high), inclusive; None leaves that side open. NaN values never pass.
         hide_dead: drop latents that never fired on the cached corpus (density 0).
         hide_dense: drop latents active on more than `dense_threshold` of the cached tokens.
-        search: case-insensitive text that must occur in the top logit tokens or the top example.
+        search: case-insensitive text that must occur in the label, the top logit tokens or the top
+            example.
 
     Raises:
         ValueError: a range names a column the table does not have.
@@ -181,7 +186,7 @@ def filter_rows(
 
 def _matches(table: LatentTable, row: int, needle: str) -> bool:
     snippet = table.snippet[row].replace(FOCUS_OPEN, "").replace(FOCUS_CLOSE, "")
-    return needle in table.top_logits[row].lower() or needle in snippet.lower()
+    return any(needle in text.lower() for text in (table.label[row], table.top_logits[row], snippet))
 
 
 def sort_rows(table: LatentTable, rows: list[int], column: str, order: SortOrder = "descending") -> list[int]:

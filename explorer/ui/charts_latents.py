@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 import math
 from itertools import pairwise
 from typing import Any
@@ -11,7 +10,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from explorer.core.hooks import HookError
-from explorer.latents.reader import Example, LatentRecord
+from explorer.latents.reader import LatentRecord
 from explorer.latents.table import COLUMN_TITLES, LatentTable
 from explorer.saes.quality import refusal_location_index
 
@@ -86,30 +85,34 @@ def activation_histogram(record: LatentRecord) -> go.Figure:
 
 
 def logit_effects(record: LatentRecord) -> go.Figure:
-    """Tokens whose logits the latent's decoder row raises most (right) and lowers most (left)."""
+    """Tokens whose logits the latent's decoder row raises most (top, green) and lowers most (bottom,
+    red); token names on the axis and values beside the bars, in readable type."""
     figure = go.Figure()
-    for name, pairs, colour in (
-        ("promoted", record.logits_top, "#54a24b"),
-        ("suppressed", record.logits_bottom, "#e45756"),
+    for name, pairs, colour, mark in (
+        ("promoted", record.logits_top, "#54a24b", "+"),
+        ("suppressed", record.logits_bottom, "#e45756", "−"),
     ):
         figure.add_trace(
             go.Bar(
                 x=[v for _, v in pairs],
-                y=[f"{name[0]}{i}" for i in range(len(pairs))],
-                text=[repr(t) for t, _ in pairs],
-                textposition="auto",
+                y=[f"{mark} {t!r} ({i + 1})" for i, (t, _) in enumerate(pairs)],
+                text=[f"{v:+.3f}" for _, v in pairs],
+                textposition="outside",
+                textfont={"size": 12},
                 orientation="h",
                 name=name,
                 marker_color=colour,
-                hovertemplate="%{text}: %{x:.3f}<extra>" + name + "</extra>",
+                hovertemplate="%{y}: %{x:.4f}<extra>" + name + "</extra>",
+                cliponaxis=False,
             )
         )
     figure.update_layout(
-        yaxis={"autorange": "reversed", "showticklabels": False},
+        yaxis={"autorange": "reversed", "tickfont": {"size": 12}},
         xaxis_title="logit effect (decoder row · unembedding)",
-        height=60 + 22 * (len(record.logits_top) + len(record.logits_bottom)),
-        margin=_MARGIN,
+        height=80 + 24 * (len(record.logits_top) + len(record.logits_bottom)),
+        margin={**_MARGIN, "r": 50},
         legend={"orientation": "h", "y": 1.08},
+        font={"size": 12},
     )
     return figure
 
@@ -219,45 +222,3 @@ def harmful_vs_harmless(record: LatentRecord) -> go.Figure:
         )
     figure.update_layout(barmode="group", yaxis_title="mean activation (raw)", height=280, margin=_MARGIN)
     return figure
-
-
-def examples_html(examples: list[Example], peak: float) -> str:
-    """Examples as lines of tokens, the activating token highlighted by its activation / `peak`.
-
-    Only the activating token's value is stored, so only it is highlighted; hovering it shows the value.
-    """
-    if not examples:
-        return "<p><em>No examples.</em></p>"
-    lines = []
-    for example in examples:
-        spans = []
-        for j, token in enumerate(example.context):
-            text = html.escape(token, quote=True)
-            if j == example.focus:
-                share = example.value / peak if peak > 0 else 0.0
-                title = f"{example.value:.4g} raw ({share:.2f} × max)"
-                alpha = 0.15 + 0.85 * min(max(share, 0.0), 1.0)
-                spans.append(
-                    f'<span title="{html.escape(title, quote=True)}" style="background:'
-                    f'rgba(255,120,0,{alpha:.2f});border-radius:3px;font-weight:600">{text}</span>'
-                )
-            else:
-                spans.append(f"<span>{text}</span>")
-        lines.append(
-            '<div style="font-family:monospace;white-space:pre-wrap;margin:2px 0">'
-            f'<span style="color:grey">{example.value:8.3g} </span>{"".join(spans)}</div>'
-        )
-    return "".join(lines)
-
-
-def intervals_html(record: LatentRecord) -> str:
-    """Examples drawn from each activation interval between 0 and the latent's max, highest first."""
-    parts = []
-    for low, high, examples in reversed(record.intervals):
-        share = f"{low / record.max:.2f}–{high / record.max:.2f} × max" if record.max > 0 else ""
-        parts.append(
-            f'<div style="margin-top:8px;font-weight:600">{low:.3g} – {high:.3g} raw '
-            f'<span style="color:grey;font-weight:400">({share}, {len(examples)} examples)</span></div>'
-        )
-        parts.append(examples_html(examples, record.max))
-    return "".join(parts)
