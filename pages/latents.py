@@ -7,6 +7,13 @@ from explorer.saes.quality import DENSE_THRESHOLD
 from explorer.ui.charts_latents import latent_scatter
 from explorer.ui.latent_data import go_to_latent, latent_table, picked_point, picked_row, sae_picker
 from explorer.ui.loaders import cache_or_stop, workspace_or_stop
+from explorer.ui.notes_widgets import (
+    lists_exchange,
+    narrow_rows,
+    notes_columns,
+    notes_filter,
+    send_list_button,
+)
 
 st.title("Latents")
 workspace = workspace_or_stop()
@@ -16,7 +23,10 @@ table = latent_table(cache)
 numeric = table.numeric_columns()
 title = COLUMN_TITLES.__getitem__
 
-search = st.text_input("Search token text", placeholder="a token in the top logits or the top example")
+search = st.text_input(
+    "Search token text, labels and notes", placeholder="a token in the top logits or the top example, a word"
+)
+chosen = notes_filter(workspace, hook, search)
 cols = st.columns([2, 2, 3])
 sort_by = cols[0].selectbox(
     "Sort by",
@@ -42,20 +52,26 @@ if range_on is not None:
     else:
         ranges[range_on] = (low, high)
 
-rows = filter_rows(table, ranges=ranges, hide_dead=hide_dead, hide_dense=hide_dense, search=search)
-rows = sort_rows(table, rows, sort_by, order)
+rows = filter_rows(table, ranges=ranges, hide_dead=hide_dead, hide_dense=hide_dense)
+rows = sort_rows(table, narrow_rows(table, rows, search, chosen), sort_by, order)
+send_list_button(workspace, chosen)
+lists_exchange(workspace)
 st.caption(
     f"{len(rows)} of {len(table)} latents of `{hook}`. Activations are raw latent values; density is the "
     f"fraction of the cache's {cache.manifest.get('n_tokens', '?')} tokens on which a latent is active; "
     "harmful − harmless is the mean activation difference at post-instruction positions. Select a row, "
     "or click a point below, to open the latent."
+    + (f" The list has {len(chosen.members)} latent(s) over all SAEs." if chosen.list_name else "")
 )
 if not rows:
-    st.info("No latent passes these filters: widen the range, clear the search or show dead latents.")
+    st.info(
+        "No latent passes these filters: widen the range, clear the search, pick another list or show "
+        "dead latents."
+    )
     st.stop()
 
 picked = st.dataframe(
-    display_columns(table, rows),
+    {**display_columns(table, rows), **notes_columns(table, rows, chosen)},
     hide_index=True,
     on_select="rerun",
     selection_mode="single-row",

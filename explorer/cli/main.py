@@ -12,6 +12,7 @@ from explorer.cli.cache import add_cache_parser
 from explorer.cli.evaluate import add_eval_parser
 from explorer.cli.export import add_export_parser
 from explorer.cli.model import add_model_parsers
+from explorer.cli.notes import add_notes_parser
 from explorer.cli.options import emit
 from explorer.cli.refusal import add_refusal_parsers
 from explorer.cli.sae import add_sae_parser
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_cache_parser(sub)
     add_export_parser(sub)
     add_eval_parser(sub)
+    add_notes_parser(sub)
     return parser
 
 
@@ -59,12 +61,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from explorer.core.hooks import HookError
     from explorer.core.models import ModelError
     from explorer.core.prompts import DataError
+    from explorer.latents.notes import NotesError
     from explorer.latents.reader import CacheError
     from explorer.saes.loading import SAEError
 
     try:
         return int(args.func(args))
-    except (ModelError, DataError, HookError, SAEError, CacheError, ValueError) as e:
+    except (ModelError, DataError, HookError, SAEError, CacheError, NotesError, ValueError) as e:
         sys.stderr.write(f"explorer {args.command}: error: {e}\n")
         return 2
 

@@ -15,11 +15,18 @@ from pathlib import Path
 from typing import Any
 
 CACHE_ENV = "EXPLORER_CACHE_DIR"
+USER_ENV = "EXPLORER_USER_DIR"
 
 
 def cache_dir() -> Path:
     """The cache root: `$EXPLORER_CACHE_DIR`, else `cache/` in the working directory."""
     return Path(os.environ.get(CACHE_ENV) or "cache").resolve()
+
+
+def user_dir() -> Path:
+    """Where users' own data lives (stars, notes, lists, labels): `$EXPLORER_USER_DIR`, else `user/` under
+    the cache root. The build writes only its own stage directories and never touches it."""
+    return Path(os.environ.get(USER_ENV) or cache_dir() / "user").resolve()
 
 
 def models_dir() -> Path:
