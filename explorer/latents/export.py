@@ -1,9 +1,12 @@
-"""Exporting a latent cache: a CSV table, Neuronpedia batch JSON, and an `sae_dashboard` data file.
+"""Exporting a latent cache: the latent table as CSV, Neuronpedia batch JSON, and what every export shares.
 
 Every export reads only the cache (no model, SAE or tokenizer) and writes only what the cache holds:
-fields a format defines but the cache cannot fill truthfully are left out, and each exporter's
-docstring lists them. The cache keeps one activation per example (the example's own token), not the
-activations of the tokens around it, and the top and bottom 10 logit effects, not the whole vocabulary's.
+fields a format requires but the cache cannot fill are written empty, and each exporter's docstring
+lists them. The cache holds each example's window with the latent's activation at every counted token
+of it, and the top and bottom 10 logit effects, not the whole vocabulary's. An example stands for every
+identical or near-identical window merged into it (`Example.count`); no format has a field for that
+count, so the CSV gives the top example's in a column and the other formats write each example once.
+SAEDashboard's format is in `export_saedashboard`.
 """
 
 from __future__ import annotations
@@ -16,16 +19,11 @@ import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
-
-from safetensors import SafetensorError, safe_open
+from typing import Any
 
 from explorer.core.paths import atomic_directory, write_json_atomic, write_text_atomic
 from explorer.latents.reader import CacheError, Example, LatentCache, LatentRecord
-from explorer.latents.schema import ARRAYS_FILE, TOKENS_FILE
 
-Format = Literal["saedashboard", "neuronpedia", "csv"]
-FORMATS: tuple[Format, ...] = ("saedashboard", "neuronpedia", "csv")
 BATCH_FILE = re.compile(r"batch-\d+\.json")
 
 
@@ -62,12 +60,14 @@ def select_latents(cache: LatentCache, latents: Sequence[int] | None) -> list[in
     return list(dict.fromkeys(latents))
 
 
-def _check_window(window: int) -> None:
-    if window < 0:
-        raise ValueError(f"window must be >= 0 context tokens, got {window}")
+def check_window(window: int | None) -> None:
+    """Refuse a negative context window (None, the whole stored window, is fine)."""
+    if window is not None and window < 0:
+        raise ValueError(f"window must be >= 0 context tokens (or None for the whole window), got {window}")
 
 
-def _check_file_target(path: Path, suffix: str | None = None) -> None:
+def check_file_target(path: Path, suffix: str | None = None) -> None:
+    """Refuse a target that is a directory, or that does not end in `suffix`."""
     if path.is_dir():
         raise ValueError(f"{path} is a directory; the export writes one file, give a file path")
     if suffix is not None and path.suffix != suffix:
@@ -79,69 +79,102 @@ def snippet(example: Example) -> str:
     return "".join(f"[[{t}]]" if i == example.focus else t for i, t in enumerate(example.context))
 
 
+def numeric_values(example: Example) -> list[float]:
+    """The latent's activation at each token of the example's window, 0.0 where the cache holds none
+    (the first position and special tokens, which the build does not count)."""
+    return [0.0 if v is None else v for v in example.values]
+
+
+def histogram_bars(record: LatentRecord) -> tuple[list[float], list[int]]:
+    """Bar positions (geometric centre of each log-spaced bin) and counts of the activation histogram."""
+    edges, counts = record.histogram
+    return [math.sqrt(lo * hi) for lo, hi in itertools.pairwise(edges)], counts
+
+
 def export_csv(
-    cache: LatentCache, path: Path, latents: Sequence[int] | None = None, *, window: int = 10
+    cache: LatentCache, path: Path, latents: Sequence[int] | None = None, *, window: int | None = None
 ) -> Path:
     """Write the latent table as CSV, one row per latent.
 
-    Columns: every column of `LatentCache.table()`, then `logits_top` and `logits_bottom` (JSON lists
-    of the promoted / suppressed token strings, strongest first) and `top_example` (the top example's
-    context, `window` tokens each side, with its token marked `[[...]]`; empty for a dead latent).
+    Columns: every column of `LatentCache.table()`, then `label` (the build's heuristic label),
+    `logits_top` and `logits_bottom` (JSON lists of the promoted / suppressed token strings, strongest
+    first), `top_example` (the top example's context, `window` tokens each side or the whole stored
+    window, its token marked `[[...]]`; empty for a dead latent) and `top_example_count` (how many
+    identical or near-identical windows it stands for; empty for a dead latent).
 
     Returns:
         `path`.
     """
-    _check_file_target(path)
-    _check_window(window)
+    check_file_target(path)
+    check_window(window)
     chosen = select_latents(cache, latents)
     table = cache.table()
-    columns = [*table, "logits_top", "logits_bottom", "top_example"]
+    columns = [*table, "label", "logits_top", "logits_bottom", "top_example", "top_example_count"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)
     for latent in chosen:
         record = cache.latent(latent, window=window)
+        top = record.top_examples[0] if record.top_examples else None
         writer.writerow(
             [table[name][latent] for name in table]
             + [
+                record.label,
                 json.dumps([t for t, _ in record.logits_top], ensure_ascii=False),
                 json.dumps([t for t, _ in record.logits_bottom], ensure_ascii=False),
-                snippet(record.top_examples[0]) if record.top_examples else "",
+                snippet(top) if top else "",
+                top.count if top else "",
             ]
         )
     write_text_atomic(path, buffer.getvalue())
     return path
 
 
-def _histogram_bars(record: LatentRecord) -> tuple[list[float], list[int]]:
-    """Bar positions (geometric centre of each log-spaced bin) and counts of the activation histogram."""
-    edges, counts = record.histogram
-    return [math.sqrt(lo * hi) for lo, hi in itertools.pairwise(edges)], counts
-
-
 def _neuronpedia_activation(
-    example: Example, bin_min: float, bin_max: float, unknown_value: float | None
+    example: Example, bin_min: float, bin_max: float, contains: float
 ) -> dict[str, Any]:
-    values = [example.value if i == example.focus else unknown_value for i in range(len(example.context))]
     return {
         "bin_min": bin_min,
         "bin_max": bin_max,
+        "bin_contains": contains,
         "tokens": example.context,
-        "values": values,
+        "values": numeric_values(example),
         "qualifying_token_index": example.focus,
     }
 
 
-def neuronpedia_feature(record: LatentRecord, unknown_value: float | None = None) -> dict[str, Any]:
-    """One latent as a Neuronpedia feature dict (the fields of `NeuronpediaDashboardFeature` we can fill)."""
-    bar_values, bar_heights = _histogram_bars(record)
-    activations = [_neuronpedia_activation(e, -1, record.max, unknown_value) for e in record.top_examples]
-    for activation in activations:
-        activation["bin_contains"] = -1  # sae_dashboard's marker for the top-activations group
-    for low, high, examples in reversed(record.intervals):
-        activations += [_neuronpedia_activation(e, low, high, unknown_value) for e in examples]
+# Fields Neuronpedia's importer reads from every feature that the cache cannot fill: neuron alignment and
+# activation correlations (the cache's nearest latents are by decoder cosine, a different quantity), the
+# logits histogram (needs the whole vocabulary's logit effects) and the decoder's attention-head split.
+_NEURONPEDIA_EMPTY = (
+    "neuron_alignment_indices",
+    "neuron_alignment_values",
+    "neuron_alignment_l1",
+    "correlated_neurons_indices",
+    "correlated_neurons_l1",
+    "correlated_neurons_pearson",
+    "correlated_features_indices",
+    "correlated_features_l1",
+    "correlated_features_pearson",
+    "logits_hist_data_bar_heights",
+    "logits_hist_data_bar_values",
+    "decoder_weights_dist",
+)
+
+
+def neuronpedia_feature(record: LatentRecord) -> dict[str, Any]:
+    """One latent as a Neuronpedia feature dict (the keyword arguments of sae_dashboard's
+    `NeuronpediaDashboardFeature`)."""
+    bar_values, bar_heights = histogram_bars(record)
+    # -1 for bin_min and bin_contains is sae_dashboard's marker for the top-activations group.
+    activations = [_neuronpedia_activation(e, -1, record.max, -1) for e in record.top_examples]
+    for group in record.groups:
+        activations += [
+            _neuronpedia_activation(e, group.low, group.high, group.share) for e in group.examples
+        ]
     return {
         "feature_index": record.latent,
+        **{name: [] for name in _NEURONPEDIA_EMPTY},
         "pos_str": [t for t, _ in record.logits_top],
         "pos_values": [v for _, v in record.logits_top],
         "neg_str": [t for t, _ in record.logits_bottom],
@@ -174,30 +207,35 @@ def export_neuronpedia(
     latents: Sequence[int] | None = None,
     *,
     batch_size: int = 128,
-    window: int = 10,
+    window: int | None = None,
     model_id: str | None = None,
     sae_set: str = "refusal-explorer",
-    unknown_value: float | None = None,
 ) -> Path:
     """Write Neuronpedia feature JSON: `batch-<n>.json` files of `batch_size` latents each.
 
-    Each file is `{"model_id", "layer", "sae_set", "features": [...]}` as `sae_dashboard`'s
-    `NeuronpediaDashboardBatch.to_dict()` writes it (`layer` is left out if the hook names no block).
-    Each feature has `feature_index`, `pos_str`/`pos_values` and `neg_str`/`neg_values` (the top and
-    bottom logit effects), `frac_nonzero` (density), `freq_hist_data_bar_values`/`_bar_heights` (the
-    activation histogram: log-spaced bins, values are bin centres) and `activations`. Activations are the
-    top examples (`bin_min` -1, `bin_max` the latent's max, `bin_contains` -1, as sae_dashboard marks
-    them) then the interval examples, highest interval first (`bin_min`/`bin_max` its bounds). `tokens`
-    are the cache's readable token strings (newlines as ↵) and `qualifying_token_index` indexes the
-    example's own token in them.
+    Each file is `{"model_id", "layer", "sae_set", "sae_id_suffix": null, "features": [...]}` as
+    sae_dashboard's `NeuronpediaDashboardBatch.to_dict()` writes it and Neuronpedia's
+    `convert-saedashboard-to-neuronpedia-export` reads it (`layer` is the hook's block). Each feature has
+    `feature_index`, `pos_str`/`pos_values` and `neg_str`/`neg_values` (the top and bottom logit
+    effects), `frac_nonzero` (density), `freq_hist_data_bar_values`/`_bar_heights` (the activation
+    histogram: log-spaced bins, values are bin centres) and `activations`: the top examples (`bin_min`
+    -1, `bin_max` the latent's max, `bin_contains` -1, as sae_dashboard marks them), then each quantile
+    group's examples from the top down (`bin_min`/`bin_max` the group's range, `bin_contains` its share
+    of the latent's non-zero activations; sae_dashboard's is a share of all tokens). `tokens` are the
+    cache's readable token strings (newlines as ↵), `qualifying_token_index` indexes the example's own
+    token in them, and `values` holds the latent's real activation at every token of the window
+    (`window` tokens each side, or the whole stored window). Positions the build does not count (the
+    first position, special tokens) have no stored activation and get 0.0, because Neuronpedia needs a
+    number at every token. The format has no `maxValue`/`maxValueTokenIndex`: Neuronpedia's importer
+    derives them (with `minValue`) from `values`.
 
-    Left out, because the cache does not hold them: `bin_contains` of intervals (the fraction of tokens
-    in each), `logits_hist_data_*` (needs the whole vocabulary's logit effects), neuron alignment and
-    correlated neuron/feature tables (activation correlations; the cache's nearest latents are by
-    decoder cosine, a different quantity), `decoder_weights_dist`, `n_prompts_total`,
-    `n_tokens_in_prompt`, `dataset`, DFA fields and `vector`. In `values`, only the example's own token
-    carries its activation; the other context tokens get `unknown_value` (JSON null by default, since
-    their activations are not stored; pass 0.0 for a consumer that needs numbers).
+    Written empty, because the cache does not hold them (Neuronpedia's importer requires the keys):
+    neuron alignment, correlated neuron and feature tables (activation correlations; the cache's
+    nearest latents are by decoder cosine, a different quantity), the logits histogram (needs the whole
+    vocabulary's logit effects) and `decoder_weights_dist`. Left out: `n_prompts_total`,
+    `n_tokens_in_prompt`, `dataset`, DFA fields and `vector`. Also not carried: the heuristic label
+    (the batch format has no explanation field; Neuronpedia imports explanations separately) and each
+    example's count of merged near-duplicates (each example is written once).
 
     Args:
         directory: created or replaced atomically; an existing one may hold only earlier batch files.
@@ -205,153 +243,30 @@ def export_neuronpedia(
 
     Returns:
         `directory`.
+
+    Raises:
+        ValueError: bad `batch_size` or `window`, an unusable directory, or a hook that names no block.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     _prepare_directory(directory)
-    _check_window(window)
+    check_window(window)
     chosen = select_latents(cache, latents)
-    header: dict[str, Any] = {"model_id": model_id or cache.manifest["model"], "sae_set": sae_set}
-    layer = re.match(r"blocks\.(\d+)\.", str(cache.manifest.get("hook", "")))
-    if layer:
-        header["layer"] = int(layer.group(1))
+    hook = str(cache.manifest.get("hook", ""))
+    layer = re.match(r"blocks\.(\d+)\.", hook)
+    if layer is None:
+        raise ValueError(f"hook {hook!r} names no block (blocks.<n>.…); Neuronpedia batches need a layer")
+    header: dict[str, Any] = {
+        "model_id": model_id or cache.manifest["model"],
+        "layer": int(layer.group(1)),
+        "sae_set": sae_set,
+        "sae_id_suffix": None,
+    }
     with atomic_directory(directory) as tmp:
         for n, start in enumerate(range(0, len(chosen), batch_size)):
             features = [
-                neuronpedia_feature(cache.latent(i, window=window), unknown_value)
+                neuronpedia_feature(cache.latent(i, window=window))
                 for i in chosen[start : start + batch_size]
             ]
             write_json_atomic(tmp / f"batch-{n}.json", {**header, "features": features})
     return directory
-
-
-class _TokenIds:
-    """Token ids behind the reader's strings (context windows, logit tokens), read from the cache files."""
-
-    def __init__(self, cache: LatentCache):
-        try:
-            self.input_ids = safe_open(str(cache.directory / TOKENS_FILE), framework="pt").get_tensor(
-                "input_ids"
-            )
-            self._arrays = safe_open(str(cache.directory / ARRAYS_FILE), framework="pt")
-        except (OSError, SafetensorError) as e:
-            raise CacheError(
-                f"latent cache at {cache.directory} is corrupt or truncated ({e}); rebuild it"
-            ) from e
-
-    def context(self, example: Example) -> list[int]:
-        start = example.pos - example.focus
-        return self.input_ids[example.row, start : start + len(example.context)].tolist()
-
-    def logits(self, name: str, latent: int) -> list[int]:
-        return self._arrays.get_slice(f"{name}_ids")[latent].tolist()
-
-
-def _sequence(example: Example, ids: _TokenIds) -> dict[str, Any]:
-    return {
-        "original_index": example.row,
-        "qualifying_token_index": example.pos,
-        "token_ids": ids.context(example),
-        "feat_acts": [example.value],
-    }
-
-
-def saedashboard_feature(record: LatentRecord, ids: _TokenIds) -> dict[str, Any]:
-    """One latent as the dict form of `sae_dashboard.feature_data.FeatureData`."""
-    bar_values, bar_heights = _histogram_bars(record)
-    groups = [
-        {
-            "title": f"TOP ACTIVATIONS<br>MAX = {record.max:.3f}",
-            "seq_data": [_sequence(e, ids) for e in record.top_examples],
-        }
-    ]
-    groups += [
-        {"title": f"INTERVAL {low:.3f} - {high:.3f}", "seq_data": [_sequence(e, ids) for e in examples]}
-        for low, high, examples in reversed(record.intervals)
-    ]
-    return {
-        "feature_tables_data": {
-            "correlated_features_indices": [i for i, _ in record.nearest],
-            "correlated_features_cossim": [c for _, c in record.nearest],
-        },
-        "acts_histogram_data": {
-            "bar_heights": bar_heights,
-            "bar_values": bar_values,
-            "tick_vals": [],
-            "title": f"ACTIVATIONS<br>DENSITY = {record.density:.3%}",
-        },
-        "logits_table_data": {
-            "top_token_ids": ids.logits("logit_top", record.latent),
-            "top_logits": [v for _, v in record.logits_top],
-            "bottom_token_ids": ids.logits("logit_bottom", record.latent),
-            "bottom_logits": [v for _, v in record.logits_bottom],
-        },
-        "sequence_data": {"seq_group_data": groups},
-    }
-
-
-def export_saedashboard(
-    cache: LatentCache, path: Path, latents: Sequence[int] | None = None, *, window: int = 10
-) -> Path:
-    """Write a JSON file that `sae_dashboard.sae_vis_data.SaeVisData.load_json` reads.
-
-    It has the layout of `SaeVisData.save_json`: `{"feature_data_dict": {latent: FeatureData},
-    "feature_stats": FeatureStatistics}`. Per latent: the activation histogram (`acts_histogram_data`;
-    log-spaced bins, `bar_values` are bin centres, title `ACTIVATIONS<br>DENSITY = x%`), the logits table
-    (top / bottom 10 token ids and logit effects), the feature table `correlated_features_indices` /
-    `correlated_features_cossim` holding the nearest latents by decoder cosine (sae_dashboard fills
-    `cossim` with activation cosine; `pearson` is left empty), and sequence groups: `TOP ACTIVATIONS`,
-    then one `INTERVAL lo - hi` group per interval, highest first. Each sequence is one example in
-    sae_dashboard's bold-token-only form (`SequencesConfig(compute_buffer=False)`): `token_ids` is its
-    context (up to `window` tokens each side), `feat_acts` the single activation of its own token,
-    `original_index` its corpus row and `qualifying_token_index` its position in that row (so the token
-    is `token_ids[min(window, qualifying_token_index)]`). `feature_stats` holds `max` and `frac_nonzero`
-    per exported latent, in export order.
-
-    Left out: the logits histogram (needs the whole vocabulary), per-token `token_logits`,
-    `loss_contribution` and hover logits, `CONTAINS x%` in interval titles, neuron tables, quantiles.
-    sae_dashboard 0.8's renderer (`save_feature_centric_vis`) cannot draw this data: it indexes
-    `token_logits` for every token, and in bold-token-only mode `loss_contribution[0]` and the hover
-    logits, none of which the cache holds. To load it, pass the config, model and encoder that
-    `load_json` requires; it only stores the model and encoder, so `None` will do:
-    `SaeVisData.load_json(path, SaeVisConfig(hook_point=hook, features=latents), None, None)`.
-
-    Returns:
-        `path`.
-    """
-    _check_file_target(path, ".json")
-    _check_window(window)
-    chosen = select_latents(cache, latents)
-    ids = _TokenIds(cache)
-    features: dict[str, Any] = {}
-    stats: dict[str, list[float]] = {"max": [], "frac_nonzero": [], "skew": [], "kurtosis": []}
-    for latent in chosen:
-        record = cache.latent(latent, window=window)
-        features[str(latent)] = saedashboard_feature(record, ids)
-        stats["max"].append(record.max)
-        stats["frac_nonzero"].append(record.density)
-    data = {"feature_data_dict": features, "feature_stats": {**stats, "quantile_data": [], "quantiles": []}}
-    write_text_atomic(path, json.dumps(data, ensure_ascii=False))
-    return path
-
-
-def export(
-    cache: LatentCache,
-    fmt: str,
-    out: Path,
-    latents: Sequence[int] | None = None,
-    *,
-    window: int = 10,
-) -> Path:
-    """Export `cache` in format `fmt` (one of `FORMATS`) to `out`.
-
-    Raises:
-        ValueError: unknown format or unusable `out`; CacheError for a latent out of range.
-    """
-    if fmt == "csv":
-        return export_csv(cache, out, latents, window=window)
-    if fmt == "neuronpedia":
-        return export_neuronpedia(cache, out, latents, window=window)
-    if fmt == "saedashboard":
-        return export_saedashboard(cache, out, latents, window=window)
-    raise ValueError(f"unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")
