@@ -2,16 +2,11 @@
 
 import streamlit as st
 
-from explorer.ui.charts_latents import (
-    activation_histogram,
-    examples_html,
-    harmful_vs_harmless,
-    intervals_html,
-    layer_cosines,
-    logit_effects,
-)
+from explorer.ui.charts_latents import activation_histogram, harmful_vs_harmless, layer_cosines, logit_effects
 from explorer.ui.latent_data import chosen_latent, latent_picker, sae_picker
+from explorer.ui.latent_widgets import context_controls, examples_section, logit_tables, try_text
 from explorer.ui.loaders import cache_or_stop, workspace_or_stop
+from explorer.ui.notes_widgets import notes_panel
 from explorer.ui.state import ADD_TO_STEERING, add_to_steering, open_latent
 
 st.title("Latent detail")
@@ -31,6 +26,11 @@ record = cache.latent(choice.latent)
 peak = record.max
 
 st.subheader(f"Latent {record.latent} of `{hook}`")
+st.markdown(f":material/label: **{record.label}**")
+st.caption(
+    "Heuristic label from the build: the tokens it fires on most characteristically (activation weighed "
+    "against token frequency) and the tokens its decoder row promotes."
+)
 cols = st.columns(5)
 cols[0].metric("Density", f"{record.density:.3%}", help="Share of the cache's tokens on which it is active.")
 cols[1].metric("Max", f"{peak:.4g}", help="Largest raw activation on the cache's corpus (= 1 × max).")
@@ -57,15 +57,15 @@ if st.button(ADD_TO_STEERING, type="primary"):
             f"Latent {record.latent} of {hook} is already in the steering playground.", icon=":material/info:"
         )
     st.page_link("pages/steering.py", label="Open the steering playground", icon=":material/tune:")
+notes_panel(workspace, hook, record.latent)
 if peak <= 0:
     st.info("This latent never fired on the cached corpus (dead): it has no examples or histogram.")
 
-left, right = st.columns(2)
+left, right = st.columns([3, 2])
 with left:
-    st.markdown("**Top activations** (hover the highlighted token for its activation)")
-    st.html(examples_html(record.top_examples, peak))
-    with st.expander("Examples across activation intervals"):
-        st.html(intervals_html(record))
+    before, after = context_controls(cache, key="detail_context")
+    examples_section(record, hook, before, after)
+    try_text(workspace, hook, record)
 with right:
     st.markdown("**Activation histogram** (non-zero activations, log-spaced bins)")
     if record.histogram[1]:
@@ -77,21 +77,19 @@ with right:
         ],
         hide_index=True,
     )
+    st.markdown("**Logit effects** (tokens promoted and suppressed by the decoder row)")
+    st.plotly_chart(logit_effects(record))
+    logit_tables(record)
 
 left, right = st.columns(2)
 with left:
-    st.markdown("**Logit effects** (tokens promoted and suppressed by the decoder row)")
-    st.plotly_chart(logit_effects(record))
-with right:
     st.markdown("**Cosine with the refusal direction across layers** (:material/star: this SAE's layer)")
     if record.refusal_cos_layers is None:
         st.info("This cache was built without a refusal direction.")
     else:
         refusal_hook = (cache.manifest.get("refusal") or {}).get("location")
         st.plotly_chart(layer_cosines(record.refusal_cos_layers, hook, refusal_hook))
-
-left, right = st.columns(2)
-with left:
+with right:
     st.markdown("**Harmful vs harmless prompts** (mean activation, zeros included)")
     st.plotly_chart(harmful_vs_harmless(record))
     post = record.harmful_vs_harmless["post_instruction"]
@@ -103,14 +101,14 @@ with left:
             f"Post-instruction difference {post[0] - post[1]:+.4g}. Attribution on the refusal score "
             f"(activation × gradient): harmful {harmful:+.4g}, harmless {harmless:+.4g}."
         )
-with right:
-    st.markdown("**Nearest latents** (decoder cosine; click to open)")
-    grid = st.columns(2)
-    for n, (other, cos) in enumerate(record.nearest):
-        grid[n % 2].button(
-            f"Latent {other} · cos {cos:+.2f}",
-            key=f"nearest_{n}",
-            on_click=open_latent,
-            args=(hook, other),
-            width="stretch",
-        )
+st.markdown("**Nearest latents** (decoder cosine; click to open)")
+grid = st.columns(5)
+for n, (other, cos) in enumerate(record.nearest):
+    grid[n % 5].button(
+        f"Latent {other} · cos {cos:+.2f}",
+        key=f"nearest_{n}",
+        help=cache.labels(slice(other, other + 1))[0],
+        on_click=open_latent,
+        args=(hook, other),
+        width="stretch",
+    )

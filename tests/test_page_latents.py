@@ -185,10 +185,58 @@ def test_detail_page_shows_the_latent_of_a_share_link(
     assert any(hook in s.value for s in app.subheader)
     assert app.number_input[0].value == 3
     assert len(app.get("plotly_chart")) >= 3
-    top = app.html[0].value
+    body = page_html(app)
     if record.top_examples:
-        assert f"{record.top_examples[0].value:.4g} raw" in top  # the hover title of the top token
-    assert "<script" not in top
+        assert f"{record.top_examples[0].value:.4g} raw" in body  # the hover title of the top token
+    assert "<script" not in body
+
+
+def page_html(app: AppTest) -> str:
+    return "".join(h.value for h in app.html)
+
+
+def test_detail_page_colours_every_token_and_groups_the_activations(
+    monkeypatch: pytest.MonkeyPatch, app_cache: Path, tiny_dir: Path, main: tuple[str, LatentCache]
+) -> None:
+    _, cache = main
+    latent = max(range(cache.d_sae), key=lambda i: len(cache.latent(i).groups))
+    record = cache.latent(latent)
+    app = open_page(monkeypatch, app_cache, tiny_dir, DETAIL, {Q_LATENT: str(latent)})
+    body = page_html(app)
+    assert record.label in "".join(m.value for m in app.markdown)
+    # Every counted token of every example carries its own activation on hover, relative to the max.
+    for example in record.top_examples + [e for g in record.groups for e in g.examples]:
+        for value in example.values:
+            if value is not None:
+                assert f"{value:.4g} raw · {value / record.max:.2f} × max" in body
+    assert len(record.groups) >= 2
+    for n, group in enumerate(record.groups, start=1):
+        assert f"Group {n}: {group.low:.3g} – {group.high:.3g} raw" in body
+        assert f"{group.share:.1%} of its activations" in body
+    assert "inspector?sae=" in body  # every example opens in the inspector
+    # Less context: the slider trims every window.
+    app.slider(key="detail_context_before").set_value(0).run()
+    trimmed_body = page_html(app)
+    assert len(trimmed_body) < len(body)
+    assert f"{record.top_examples[0].value:.4g} raw" in trimmed_body
+
+
+def test_try_it_on_my_text_shows_the_latents_activation_on_each_token(
+    monkeypatch: pytest.MonkeyPatch, app_cache: Path, tiny_dir: Path, main: tuple[str, LatentCache]
+) -> None:
+    app = open_page(monkeypatch, app_cache, tiny_dir, DETAIL, {Q_LATENT: "2"})
+
+    def submit(text: str) -> None:
+        # A form's widgets commit on submit: set the text and press the button in one run.
+        app.text_area(key="try_text").input(text)
+        app.button(key="FormSubmitter:try_text_form-Show activations").click().run()
+
+    submit("")
+    assert any("empty" in e.value for e in app.error)
+    submit("How do I pick a lock?")
+    assert not app.error and not app.exception, [e.value for e in app.error]
+    assert any(c.value.startswith("Peak on this text:") for c in app.caption)
+    assert "lock" in page_html(app)
 
 
 def test_detail_page_escapes_token_text(
@@ -200,7 +248,7 @@ def test_detail_page_escapes_token_text(
         i for i in range(cache.d_sae) if any(marker in ex.context for ex in cache.latent(i).top_examples)
     )
     app = open_page(monkeypatch, app_cache, tiny_dir, DETAIL, {Q_LATENT: str(latent)})
-    body = app.html[0].value
+    body = page_html(app)
     assert "&lt;|im_start|&gt;" in body
     assert marker not in body
 
