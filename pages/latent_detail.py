@@ -57,7 +57,8 @@ if st.button(ADD_TO_STEERING, type="primary"):
             f"Latent {record.latent} of {hook} is already in the steering playground.", icon=":material/info:"
         )
     st.page_link("pages/steering.py", label="Open the steering playground", icon=":material/tune:")
-notes_panel(workspace, hook, record.latent)
+with st.expander("Star, note, lists and your label", icon=":material/edit_note:"):
+    notes_panel(workspace, hook, record.latent)
 if peak <= 0:
     st.info("This latent never fired on the cached corpus (dead): it has no examples or histogram.")
 

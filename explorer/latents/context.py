@@ -8,9 +8,9 @@ where it is non-zero: per latent, `(slot * seq_len + position, value)` pairs in 
 (`context_offsets` [d_sae + 1], `context_index` int32, `context_values` float16), read one latent at a
 time.
 
-Windows never hold padding: they end with the row. A chat example's window reaches back to the start of
-the user's request when that fits within `request_reach` tokens, and a window cut short by the row's end
-reaches further back instead.
+Windows never hold padding: they end with the row, and a window cut short by the row's end reaches
+further back instead. A chat example's window starts at the user's request when that fits within
+`request_reach` tokens: the whole request, without the system prompt before it.
 """
 
 from __future__ import annotations
@@ -58,17 +58,16 @@ def window_bounds(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """[n] each example's window [lo, hi) in its row, given the activating token `pos`.
 
-    `context_before` tokens before and `context_after` after the token, reaching back to the request's
-    start when it lies within `request_reach` tokens; never past the row's real length; a window the
-    row's end cuts short starts earlier to keep its width.
+    `context_before` tokens before and `context_after` after the token, never past the row's real
+    length (a window the row's end cuts short starts earlier to keep its width). A chat example whose
+    request starts at most `request_reach` tokens before the token starts exactly at the request: the
+    whole request, none of the system prompt.
     """
-    lo = pos - config.context_before
-    start = request_start[rows]
-    reach = (start >= 0) & (start < lo) & (pos - start <= config.request_reach)
-    lo = torch.where(reach, start, lo)
     hi = torch.minimum(pos + config.context_after + 1, lengths[rows])
-    lo = torch.minimum(lo, hi - (config.context_before + config.context_after + 1))
-    return lo.clamp_min(0), hi
+    lo = torch.minimum(pos - config.context_before, hi - (config.context_before + config.context_after + 1))
+    start = request_start[rows]
+    whole = (start >= 0) & (start <= pos) & (pos - start <= config.request_reach)
+    return torch.where(whole, start, lo).clamp_min(0), hi
 
 
 def _expand(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -86,7 +86,7 @@ def activation_histogram(record: LatentRecord) -> go.Figure:
 
 def logit_effects(record: LatentRecord) -> go.Figure:
     """Tokens whose logits the latent's decoder row raises most (top, green) and lowers most (bottom,
-    red); token names on the axis and values beside the bars, in readable type."""
+    red); token names on the axis in readable type (the values are in the tables beside it)."""
     figure = go.Figure()
     for name, pairs, colour, mark in (
         ("promoted", record.logits_top, "#54a24b", "+"),
@@ -96,21 +96,17 @@ def logit_effects(record: LatentRecord) -> go.Figure:
             go.Bar(
                 x=[v for _, v in pairs],
                 y=[f"{mark} {t!r} ({i + 1})" for i, (t, _) in enumerate(pairs)],
-                text=[f"{v:+.3f}" for _, v in pairs],
-                textposition="outside",
-                textfont={"size": 12},
                 orientation="h",
                 name=name,
                 marker_color=colour,
                 hovertemplate="%{y}: %{x:.4f}<extra>" + name + "</extra>",
-                cliponaxis=False,
             )
         )
     figure.update_layout(
         yaxis={"autorange": "reversed", "tickfont": {"size": 12}},
         xaxis_title="logit effect (decoder row · unembedding)",
         height=80 + 24 * (len(record.logits_top) + len(record.logits_bottom)),
-        margin={**_MARGIN, "r": 50},
+        margin=_MARGIN,
         legend={"orientation": "h", "y": 1.08},
         font={"size": 12},
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import streamlit as st
+from streamlit.runtime.pages_manager import PagesManager
 
 from explorer.build import BUILD_MANIFEST
 from explorer.core.models import ModelConfig, ModelError
@@ -74,8 +75,26 @@ def cached_workspace(spec: str, cache_root: str, device: str = "cpu", dtype: str
     return load_workspace(ModelConfig(spec=spec, device=device, dtype=dtype))  # pyright: ignore[reportArgumentType]
 
 
+def through_app_navigation() -> None:
+    """Make a page that Streamlit ran on its own run again through app.py's navigation.
+
+    A `pages/` folder beside app.py puts a fresh server in Streamlit's legacy multipage mode until some
+    session runs app.py (which calls `st.navigation`). If the first visitor opens a share link
+    (`/latent_detail?latent=…`), Streamlit runs that page file directly, without app.py: no wide layout,
+    the file names as navigation, and the legacy mode stays for every later session. Leaving the mode and
+    rerunning runs app.py, which routes to the same page with the same query parameters.
+    """
+    if PagesManager.uses_pages_directory:  # Streamlit's own switch; st.navigation clears it the same way
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 def workspace_or_stop() -> Workspace:
-    """The app's workspace, or an `st.error` saying what to do and a stop (never a traceback)."""
+    """The app's workspace, or an `st.error` saying what to do and a stop (never a traceback).
+
+    Every page calls it first, so it also puts a page run outside app.py back through its navigation
+    (`through_app_navigation`)."""
+    through_app_navigation()
     spec = model_spec_from_env()
     try:
         return cached_workspace(spec, str(cache_dir()))
