@@ -1,5 +1,6 @@
 """A real browser (Debian's Chromium, driven by Playwright) uses the running app on the tiny workspace:
-open Latents, open a latent from the table, add it to steering, generate, see both columns filled, and
+a share link as a fresh server's first visit, coloured context, a note seen by a second session; open
+Latents, open a latent from the table, add it to steering, generate, see both columns filled, and
 continue the chat in both columns."""
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from explorer.core.paths import CACHE_ENV
+from explorer.core.paths import CACHE_ENV, USER_ENV
 from explorer.ui.state import DEMO_ENV, MODEL_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,14 +44,21 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(app_cache: Path, tiny_dir: Path) -> Iterator[str]:
+def server(app_cache: Path, tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if not Path(CHROMIUM).exists():
         message = "Debian's chromium is not installed (apt-get install chromium)"
         if os.environ.get("EXPLORER_REQUIRE_BROWSER"):
             pytest.fail(message)
         pytest.skip(message)
     port = _free_port()
-    env = {**os.environ, MODEL_ENV: str(tiny_dir), CACHE_ENV: str(app_cache), DEMO_ENV: "0"}
+    users = tmp_path_factory.mktemp("user-data")
+    env = {
+        **os.environ,
+        MODEL_ENV: str(tiny_dir),
+        CACHE_ENV: str(app_cache),
+        DEMO_ENV: "0",
+        USER_ENV: str(users),
+    }
     command = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port)]
     command += ["--server.headless", "true", "--server.fileWatcherType", "none"]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -71,6 +79,41 @@ def server(app_cache: Path, tiny_dir: Path) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_a_share_link_as_first_visit_shows_coloured_context_and_notes_reach_other_sessions(
+    server: str,
+) -> None:
+    """Runs first on a fresh server: a deep link must still go through app.py's navigation."""
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    link = f"{server}/latent_detail?latent=5"
+    note = "Fires on the request's last token; try clamping at 2x max."
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        first = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+        first.set_default_timeout(TIMEOUT_MS)
+        first.goto(link)
+        expect(first.get_by_role("heading", name=re.compile(r"^Latent 5 of"))).to_be_visible()
+        # app.py's navigation (page titles), not Streamlit's file-name list of pages/.
+        expect(first.get_by_test_id("stSidebarNav").get_by_text("Prompt inspector")).to_be_visible()
+        # Every token of the examples carries its activation relative to the latent's max.
+        coloured = first.locator("span[title*='× max']")
+        expect(coloured.first).to_be_attached()
+        assert coloured.count() > 20
+        expect(first.get_by_text(re.compile(r"^Group 1: "))).to_be_visible()
+        first.get_by_text("Star, note, lists and your label").click()
+        first.get_by_role("textbox", name="Note").fill(note)
+        first.get_by_role("button", name="Save note").click()
+        expect(first.get_by_text("Note on latent 5 saved.")).to_be_visible()
+        # Another browser session (its own cookies, its own Streamlit session) sees the note.
+        second = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+        second.set_default_timeout(TIMEOUT_MS)
+        second.goto(link)
+        second.get_by_text("Star, note, lists and your label").click()
+        expect(second.get_by_role("textbox", name="Note")).to_have_value(note)
+        browser.close()
 
 
 def test_open_a_latent_add_it_to_steering_and_generate(server: str) -> None:

@@ -123,6 +123,8 @@ def test_latents_are_added_by_hook_and_number_and_removed(open_page: Open, works
     assert not app.exception and not app.error
     assert app.session_state[STEER_CLAMPS] == [asdict(Clamp(str(workspace.main), 7, "set", 1.0, "max"))]
     assert [s.value for s in app.slider if "× the latent's max" in s.label] == [1.0]
+    label = workspace.caches[str(workspace.main)].latent(7).label
+    assert label in [c.value for c in app.caption]  # each picked latent shows its label
     app.button(key=f"steer_remove_0_{workspace.main}:7").click().run()
     assert not app.exception and app.session_state[STEER_CLAMPS] == []
 

@@ -75,6 +75,9 @@ def cached_workspace(spec: str, cache_root: str, device: str = "cpu", dtype: str
     return load_workspace(ModelConfig(spec=spec, device=device, dtype=dtype))  # pyright: ignore[reportArgumentType]
 
 
+NAVIGATED = "_through_app_navigation"
+
+
 def through_app_navigation() -> None:
     """Make a page that Streamlit ran on its own run again through app.py's navigation.
 
@@ -86,7 +89,11 @@ def through_app_navigation() -> None:
     """
     if PagesManager.uses_pages_directory:  # Streamlit's own switch; st.navigation clears it the same way
         PagesManager.uses_pages_directory = False
-        st.rerun()
+        # Once per session: a rerun drops the widget event that started this run, and Streamlit's test
+        # harness puts every run back in the legacy mode.
+        if not st.session_state.get(NAVIGATED):
+            st.session_state[NAVIGATED] = True
+            st.rerun()
 
 
 def workspace_or_stop() -> Workspace:

@@ -49,6 +49,14 @@ def _value_slider(clamp: dict[str, Any], latent_max: float | None, key: str) -> 
     return float(st.slider(label, low, high, value, step, key=key))
 
 
+def latent_label(ws: Workspace, hook: object, latent: object) -> str:
+    """The build's heuristic label of a latent ("" when its SAE has no cache or the latent is unknown)."""
+    cache = ws.caches.get(str(hook))
+    if cache is None or not isinstance(latent, int) or not 0 <= latent < cache.d_sae:
+        return ""
+    return cache.labels(slice(latent, latent + 1))[0]
+
+
 def _clamp_rows(ws: Workspace) -> None:
     """The picked latents, each with mode, units, value and a remove button."""
     maxima = ws.max_activations()
@@ -57,6 +65,7 @@ def _clamp_rows(ws: Workspace) -> None:
         name = f"{index}_{clamp.get('hook')}:{clamp.get('latent')}"  # unique even for a duplicate
         cols = st.columns([3, 2, 2, 6, 1], vertical_alignment="bottom")
         cols[0].markdown(f"`{clamp.get('hook')}`  \nlatent **{clamp.get('latent')}**")
+        cols[0].caption(latent_label(ws, clamp.get("hook"), clamp.get("latent")))
         if cols[4].button(":material/close:", key=f"steer_remove_{name}", help="remove this latent"):
             clamps.remove(clamp)
             st.rerun()
