@@ -159,6 +159,12 @@ class LatentAccumulator:
         self._update_samples(groups, tokens, values, token_hash(latents, tokens, self.seed))
 
     def _update_top(self, latents: torch.Tensor, tokens: torch.Tensor, values: torch.Tensor) -> None:
+        # An entry below its latent's current k-th value can never enter the top k (that value only
+        # rises): once the lists fill, most of a batch is dropped before sorting.
+        could = values >= self.top_values[latents, -1]
+        latents, tokens, values = latents[could], tokens[could], values[could]
+        if latents.numel() == 0:
+            return
         # Sort by (latent, value desc, token asc); keep the first k of each latent; merge with the running k.
         order = torch.argsort(tokens, stable=True)
         order = order[torch.argsort(-values[order], stable=True)]
@@ -185,6 +191,11 @@ class LatentAccumulator:
     def _update_samples(
         self, groups: torch.Tensor, tokens: torch.Tensor, values: torch.Tensor, keys: torch.Tensor
     ) -> None:
+        # Likewise an entry whose hash is above its slot's current m-th smallest never enters the slot.
+        could = keys <= self.sample_keys[groups, -1]
+        groups, tokens, values, keys = groups[could], tokens[could], values[could], keys[could]
+        if groups.numel() == 0:
+            return
         order = torch.argsort(keys, stable=True)
         order = order[torch.argsort(groups[order], stable=True)]
         grp, key, tok, val = groups[order], keys[order], tokens[order], values[order]
