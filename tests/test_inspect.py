@@ -1,25 +1,36 @@
 """The prompt inspector on a tiny model: its latents and projections equal a brute-force forward pass, its
-tokens join back to the chat-templated text, and bad input fails with a named error."""
+tokens join back to the chat-templated text, its refusal score is the direction selection's, a prompt over
+the cap fails before any forward pass, bad input fails with a named error; its charts scale to the counted
+tokens only and draw a window of a long prompt."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import plotly.graph_objects as go
 import pytest
 import torch
 
-from explorer.core.generation import encode_chats
+from explorer.core.generation import SamplingConfig, encode_chats, generate
 from explorer.core.hooks import capture
+from explorer.core.judge import SubstringJudge, Verdict
 from explorer.core.models import LoadedModel
 from explorer.core.prompts import DataError, chat_messages, format_chat
 from explorer.latents.inspector import (
     InspectError,
     PromptInspection,
+    TokenLatents,
     inspect_prompt,
     latent_summaries,
 )
+from explorer.refusal.candidates import first_token_logprobs, refusal_scores, refusal_token_ids
 from explorer.refusal.direction import RefusalDirection, location_names
+from explorer.refusal.score import judged_replies, score_probability
 from explorer.saes.loading import LoadedSAE, wrap_sae
+from explorer.ui.charts_inspect import WINDOW, counted_range, layer_projections, projection_lines, token_strip
+from explorer.ui.inspector_widgets import clicked_token
 from tests.helpers import tiny_sae
 
 HOOK = "blocks.2.hook_resid_pre"
@@ -189,3 +200,138 @@ def test_a_workspace_supplies_the_corpus_max_and_latent_summaries(
     assert summaries[0].refusal_cos == pytest.approx(float(cos[top[0]]))
     assert summaries[0].density == pytest.approx(float(cache.column("density")[top[0]]))
     assert 0 < len(summaries[0].top_logits) <= 5
+
+
+def test_refusal_score_is_the_direction_selections_log_odds(
+    tiny: LoadedModel, sae: LoadedSAE, refusal: RefusalDirection
+) -> None:
+    scored = _inspect(tiny, sae, refusal, score=True, every_layer=True)
+    plain = _inspect(tiny, sae, refusal, every_layer=True)
+    assert plain.refusal_score is None and scored.refusal_strings == ["I", "Sorry"]
+    # the selection's own scoring: a separate full forward pass over the same chat-templated prompt
+    expected = refusal_scores(first_token_logprobs(tiny, [PROMPT]), refusal_token_ids(tiny, ["I", "Sorry"]))
+    assert scored.refusal_score == pytest.approx(float(expected[0]), abs=1e-4)
+    assert 0 < score_probability(float(expected[0])) < 1
+    # the one full pass that gives the score reads the same residuals as the shallow pass
+    assert scored.refusal_projection == pytest.approx(plain.refusal_projection, abs=1e-4)
+    for row, reference in zip(scored.layer_projections, plain.layer_projections, strict=True):
+        assert row == pytest.approx(reference, abs=1e-4)
+    assert [t.latents for t in scored.top] == [t.latents for t in plain.top]
+    assert scored.refusal_position == refusal.position
+
+
+def test_a_prompt_over_the_cap_fails_before_any_forward_pass(
+    tiny: LoadedModel, sae: LoadedSAE, refusal: RefusalDirection
+) -> None:
+    n = encode_chats(tiny, [PROMPT])[1]["input_ids"].shape[1]
+    cap = rf"has {n} tokens; the inspector reads at most {n - 1}\b"
+    with capture(tiny.model, ["blocks.0.hook_resid_pre"]) as seen, pytest.raises(InspectError, match=cap):
+        _inspect(tiny, sae, refusal, max_tokens=n - 1, score=True)
+    assert seen["blocks.0.hook_resid_pre"] == []
+    assert len(_inspect(tiny, sae, refusal, max_tokens=n).tokens) == n
+
+
+def test_judged_replies_are_the_greedy_reply_and_the_judges_verdict(tiny: LoadedModel) -> None:
+    greedy = generate(tiny, [PROMPT], SamplingConfig(max_new_tokens=5))[0]
+    (reply,) = judged_replies(tiny, [PROMPT], n_new=5)
+    assert reply.prompt == PROMPT and reply.text == greedy.text and reply.n_new == 5
+    verdict = SubstringJudge().judge(greedy.text)
+    assert (reply.refused, reply.evidence, reply.judge) == (verdict.refused, verdict.evidence, "substring")
+    (caught,) = judged_replies(tiny, [PROMPT], n_new=5, judge=_BlankJudge())
+    assert (caught.refused, caught.judge) == (not greedy.text.strip(), "blank")  # the given judge decides
+
+
+class _BlankJudge:
+    """Calls a blank reply a refusal (the tiny model's greedy replies are blank lines)."""
+
+    name = "blank"
+
+    def judge(self, response: str, prompt: str | None = None) -> Verdict:
+        return Verdict(not response.strip(), "blank reply", self.name, 1.0)
+
+    def judge_many(self, responses: Sequence[str], prompts: Sequence[str] | None = None) -> list[Verdict]:
+        return [self.judge(r) for r in responses]
+
+
+def _layout(figure: go.Figure) -> dict[str, Any]:
+    return figure.to_dict()["layout"]
+
+
+def _traces(figure: go.Figure) -> list[dict[str, Any]]:
+    return figure.to_dict()["data"]
+
+
+def _outlier_inspection(n: int = 80) -> PromptInspection:
+    """A synthetic record with the shape of a real one: position 0 (BOS-like, special) and a chat marker
+    at 3 have huge values, every counted token lies within ±50."""
+    special = [i in (0, 3) for i in range(n)]
+    projection = [1500.0 if i == 0 else -900.0 if i == 3 else 50.0 * ((i % 7) - 3) / 3 for i in range(n)]
+    activations = [[1000.0 if i in (0, 3) else float(i % 5) for i in range(n)] for _ in range(2)]
+    layers = [
+        [800.0 if i == 0 else -12.0 if i == 3 else float(i % 9) - 4.0 for i in range(n)] for _ in range(3)
+    ]
+    return PromptInspection(
+        text="x" * n,
+        tokens=["x"] * n,
+        token_ids=list(range(n)),
+        special=special,
+        hook="h",
+        top=[TokenLatents([], [], [])] * n,
+        l0=[0] * n,
+        prompt_latents=[7, 9],
+        prompt_activations=activations,
+        prompt_fractions=None,
+        refusal_location="blocks.1.hook_resid_pre",
+        refusal_projection=projection,
+        layer_locations=["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre", "blocks.1.hook_resid_post"],
+        layer_projections=layers,
+        refusal_position=-1,
+    )
+
+
+def test_axis_ranges_and_colour_scales_leave_out_position_0_and_special_tokens() -> None:
+    inspection = _outlier_inspection()
+    assert counted_range([inspection.refusal_projection or []], inspection.excluded) == (-50.0, 50.0)
+    figure = token_strip(inspection)
+    low, high = _layout(figure)["yaxis"]["range"]
+    assert -60 < low < -50 and 50 < high < 60  # not stretched to 1,500 or -900
+    bars, counted, grey = _traces(figure)[:3]
+    colors = bars["marker"]["color"]
+    assert bars["y"][0] == 1500.0 and colors[0] == colors[3] != colors[1]
+    assert "(not counted)" in bars["customdata"][0][1] and "(not counted)" not in bars["customdata"][1][1]
+    assert counted["zmin"] == 0 and counted["zmax"] == 4.0  # the counted tokens' peak, not 1,000
+    assert counted["z"][0][0] is None and grey["z"][0][0] == 1000.0 and grey["z"][0][1] is None
+    assert grey["showscale"] is False
+    heat = _traces(layer_projections(inspection))[0]
+    assert (heat["zmin"], heat["zmid"], heat["zmax"]) == (-4.0, 0, 4.0)  # symmetric about the counted max
+    lines = projection_lines([("a", inspection), ("b", inspection)])
+    low, high = _layout(lines)["yaxis"]["range"]
+    assert -60 < low < -50 and 50 < high < 60
+    line, left_out = _traces(lines)[:2]
+    assert line["x"][-1] == 0 and line["y"][0] is None and left_out["y"][0] == 1500.0
+
+
+def test_a_window_draws_only_its_tokens_and_every_cell_names_its_token() -> None:
+    inspection = _outlier_inspection(300)
+    window = range(200, 200 + WINDOW)
+    figure = token_strip(inspection, window=window, selected=210)
+    layout = _layout(figure)
+    assert list(layout["xaxis2"]["tickvals"]) == list(window)
+    assert list(layout["xaxis2"]["range"]) == [199.5, 199.5 + WINDOW]
+    assert list(_traces(figure)[0]["x"]) == list(window)
+    cells = _traces(figure)[3]
+    assert len(cells["x"]) == 2 * WINDOW and [c[0] for c in cells["customdata"]] == list(cells["x"])
+    assert (layout["shapes"][0]["x0"], layout["shapes"][0]["x1"]) == (209.5, 210.5)
+    assert "shapes" not in _layout(token_strip(inspection, window=window, selected=10))  # out of the window
+
+
+def test_a_chart_click_maps_to_its_token() -> None:
+    def event(*customdata: object) -> dict:
+        points = [{"x": 0, "customdata": c} for c in customdata]
+        return {"selection": {"points": points, "point_indices": [], "box": [], "lasso": []}}
+
+    assert clicked_token(event([12, "tok"]), 20) == 12
+    assert clicked_token(event([3, "tok", "0.5"]), 20) == 3
+    assert clicked_token(event([25, "tok"]), 20) is None
+    assert clicked_token(event(), 20) is None
+    assert clicked_token(None, 20) is None

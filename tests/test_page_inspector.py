@@ -1,16 +1,31 @@
 """The Prompt inspector and Walkthrough pages on the tiny workspace: they render, list a token's latents,
-send latents to the playground, generate on one click, and answer bad input with a message."""
+pick the token a chart click names, draw a long prompt a window at a time, refuse a prompt over the cap at
+once, show refusal scores, replies and verdicts for two prompts side by side, send latents to the
+playground, generate on one click, and answer bad input with a message."""
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from explorer.core.models import LoadedModel
 from explorer.core.prompts import builtin_prompts
 from explorer.latents.inspector import PromptInspection
-from explorer.ui.state import DEMO_ENV, INSPECT_PROMPT, MODEL_ENV, STEER_CLAMPS
+from explorer.refusal.candidates import first_token_logprobs, refusal_scores, refusal_token_ids
+from explorer.ui.charts_inspect import WINDOW
+from explorer.ui.state import (
+    DEMO_ENV,
+    INSPECT_COMPARE,
+    INSPECT_PROMPT,
+    INSPECT_REPLIES,
+    MODEL_ENV,
+    STEER_CLAMPS,
+)
 from explorer.ui.walkthrough import ANSWERED, REFUSED
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +50,20 @@ def _inspector(app: AppTest, prompt: str | None = None) -> AppTest:
 
 def _inspection(app: AppTest) -> PromptInspection:
     return app.session_state["inspector_result"][1]
+
+
+def _chart(app: AppTest) -> tuple[str, dict[str, Any]]:
+    """The token chart's key and its plotly figure as the browser gets it."""
+    proto = app.get("plotly_chart")[-1].proto
+    return proto.id.split("-", 2)[2], json.loads(proto.spec)
+
+
+def _click(app: AppTest, token: int) -> AppTest:
+    """A click on the token chart as the browser reports it: the point's customdata starts with the token."""
+    key, _ = _chart(app)
+    point = {"curve_number": 0, "point_number": 0, "point_index": 0, "x": token, "customdata": [token, "?"]}
+    app.session_state[key] = {"selection": {"points": [point], "point_indices": [0], "box": [], "lasso": []}}
+    return app.run()
 
 
 def _listed(app: AppTest) -> list[int]:
@@ -77,6 +106,123 @@ def test_inspector_lists_the_selected_tokens_latents(
     assert _listed(app) == inspection.top[other].latents
     assert any(f"`#{inspection.top[other].latents[0]}`" in m.value for m in app.markdown)
     assert _inspection(app) is inspection  # a rerun reuses the stored inspection
+
+
+def test_an_inspect_link_opens_its_prompt_and_sae_and_the_rows_show_labels(
+    monkeypatch: pytest.MonkeyPatch, app_cache: Path, tiny_dir: Path
+) -> None:
+    app = _inspector(_app(monkeypatch, app_cache, tiny_dir))
+    hook = app.selectbox(key="inspector_sae").options[-1]
+    assert hook != app.selectbox(key="inspector_sae").value  # the link must change it
+    app.query_params["prompt"], app.query_params["sae"] = PROMPT, hook
+    app.run()
+    assert not app.exception
+    assert app.text_area(key="inspector_prompt_input").value == PROMPT
+    assert app.selectbox(key="inspector_sae").value == hook
+    assert "prompt" not in app.query_params  # consumed: the user's edits are not overwritten
+    labels = [m.value for m in app.markdown if m.value.startswith(("fires on: ", "never fires"))]
+    assert len(labels) == len(_inspection(app).top[-1].latents)  # a label per listed latent
+
+
+def test_a_click_on_the_chart_picks_its_token(
+    monkeypatch: pytest.MonkeyPatch, app_cache: Path, tiny_dir: Path
+) -> None:
+    app = _inspector(_app(monkeypatch, app_cache, tiny_dir), PROMPT)
+    inspection = _inspection(app)
+    n = len(inspection.tokens)
+    other = next(i for i in range(1, n - 1) if inspection.top[i].latents != inspection.top[n - 1].latents)
+    first_key, _ = _chart(app)
+    _click(app, other)
+    assert not app.exception
+    assert app.selectbox(key="inspector_token").value == other
+    assert _listed(app) == inspection.top[other].latents
+    key, figure = _chart(app)
+    assert key != first_key  # a fresh chart: clicking the old token again is a new selection
+    assert figure["layout"]["shapes"][0]["x0"] == other - 0.5  # the picked token is highlighted
+    _click(app, n - 1)
+    assert app.selectbox(key="inspector_token").value == n - 1
+    _click(app, other)
+    assert app.selectbox(key="inspector_token").value == other
+
+
+def test_the_projection_axis_is_scaled_to_the_counted_tokens(
+    monkeypatch: pytest.MonkeyPatch, app_cache: Path, tiny_dir: Path
+) -> None:
+    app = _inspector(_app(monkeypatch, app_cache, tiny_dir), PROMPT)
+    inspection = _inspection(app)
+    projection = inspection.refusal_projection or []
+    counted = [0.0, *(v for v, out in zip(projection, inspection.excluded, strict=True) if not out)]
+    low, high = _chart(app)[1]["layout"]["yaxis"]["range"]
+    assert low <= min(counted) and high >= max(counted)
+    assert high - low <= 1.2 * (
+        max(counted) - min(counted)
+    )  # set from the counted tokens, not stretched by position 0
+    assert inspection.excluded[0] and projection[0] is not None
+
+
+def test_a_long_prompt_is_drawn_a_window_at_a_time(
+    monkeypatch: pytest.MonkeyPatch, app_cache: Path, tiny_dir: Path
+) -> None:
+    app = _inspector(_app(monkeypatch, app_cache, tiny_dir), "owl " * 120)
+    assert not app.exception
+    n = len(_inspection(app).tokens)
+    assert n > 2 * WINDOW
+    slider = app.slider(key="inspector_window")
+    assert slider.label == f"Tokens shown ({WINDOW} at a time, of {n})"
+    assert _chart(app)[1]["layout"]["xaxis2"]["tickvals"] == list(range(n - WINDOW, n))  # the end first
+    app.selectbox(key="inspector_token").set_value(3).run()
+    ticks = _chart(app)[1]["layout"]["xaxis2"]["tickvals"]
+    assert ticks == list(range(WINDOW)) and app.slider(key="inspector_window").value == 0
+    app.slider(key="inspector_window").set_value(WINDOW).run()
+    assert _chart(app)[1]["layout"]["xaxis2"]["tickvals"] == list(range(WINDOW, 2 * WINDOW))
+    assert app.selectbox(key="inspector_token").value == 3  # moving the window keeps the pick
+
+
+def test_a_prompt_over_the_cap_is_refused_at_once(
+    monkeypatch: pytest.MonkeyPatch, app_cache: Path, tiny_dir: Path
+) -> None:
+    monkeypatch.setattr("explorer.ui.inspector_widgets.MAX_TOKENS", 64)
+    app = _app(monkeypatch, app_cache, tiny_dir).run()
+    app.switch_page("pages/inspector.py").run()
+    start = time.perf_counter()
+    app.text_area(key="inspector_prompt_input").input("owl " * 120).run()
+    assert time.perf_counter() - start < 10
+    assert not app.exception
+    assert any("the inspector reads at most 64. Shorten the prompt" in e.value for e in app.error)
+    assert not app.get("plotly_chart") and not app.get("metric")
+    assert app.text_area(key="inspector_prompt_input").value == "owl " * 120
+
+
+def test_refusal_scores_replies_and_verdicts_side_by_side(
+    monkeypatch: pytest.MonkeyPatch, app_cache: Path, tiny_dir: Path, tiny: LoadedModel
+) -> None:
+    other = "Write a poem about the sea."
+    app = _inspector(_app(monkeypatch, app_cache, tiny_dir), PROMPT)
+    ids = refusal_token_ids(tiny, ["I", "Sorry"])
+    expected = refusal_scores(first_token_logprobs(tiny, [PROMPT, other], batch_size=1), ids).tolist()
+    metrics = app.get("metric")
+    assert len(metrics) == 1 and metrics[0].proto.body == f"{expected[0]:+.2f}"
+    assert not any(c.value.startswith((REFUSED, ANSWERED)) for c in app.caption)
+    app.button(key="inspector_generate").click().run()
+    assert not app.exception
+    reply = app.session_state[INSPECT_REPLIES][("tiny-llama0", PROMPT)]
+    assert sum(c.value.startswith((REFUSED, ANSWERED)) for c in app.caption) == 1
+    assert any(c.value.startswith(REFUSED if reply.refused else ANSWERED) for c in app.caption)
+    assert not app.get("button") or all(b.key != "inspector_generate" for b in app.button)
+    app.toggle(key="inspector_compare_on").set_value(True).run()
+    app.text_area(key="inspector_compare_input").input(other).run()
+    assert not app.exception
+    assert app.session_state[INSPECT_COMPARE] == other
+    assert [m.proto.body for m in app.get("metric")] == [f"{s:+.2f}" for s in expected]
+    assert len(app.get("plotly_chart")) == 2  # both projections on one chart, then the token chart
+    lines = json.loads(app.get("plotly_chart")[0].proto.spec)
+    assert [t["name"] for t in lines["data"][::2]] == ["This prompt", "Second prompt"]
+    assert app.button(key="inspector_generate").label == "Generate the greedy reply"  # the second's only
+    app.button(key="inspector_generate").click().run()
+    replies = app.session_state[INSPECT_REPLIES]
+    assert replies[("tiny-llama0", PROMPT)] is reply  # generated once per prompt
+    assert ("tiny-llama0", other) in replies
+    assert sum(c.value.startswith((REFUSED, ANSWERED)) for c in app.caption) == 2
 
 
 def test_steer_adds_the_latent_to_the_playground(

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from explorer.core.generation import Conversation, encode_chats
-from explorer.core.hooks import run_to
+from explorer.core.hooks import capture, forward, run_to
 from explorer.core.models import LoadedModel, special_token_ids
 from explorer.latents.reader import LatentCache
 from explorer.refusal.direction import RefusalDirection, location_names
+from explorer.refusal.score import refusal_score_of, refusal_strings
 from explorer.saes.loading import LoadedSAE
 
 PROMPT_LATENTS = 12
 """Latents the prompt-wide view follows: those with the highest peak over the prompt's counted tokens."""
+MAX_TOKENS = 1024
+"""The app's cap on a chat-templated prompt: its forward passes stay within seconds on a CPU."""
 
 
 class Inspectable(Protocol):
@@ -38,7 +41,7 @@ Source = Inspectable | tuple[LoadedModel, Mapping[str, LoadedSAE], RefusalDirect
 
 
 class InspectError(ValueError):
-    """A prompt inspection that cannot run as asked (an unknown SAE, nothing to inspect)."""
+    """A prompt inspection that cannot run as asked (an unknown SAE, nothing to inspect, over the cap)."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,10 @@ class PromptInspection:
         refusal_projection: per token, the residual at `refusal_location` · the unit refusal direction.
         layer_locations: every residual location, when projections at every layer were asked for.
         layer_projections: [location][token] residual · the same unit direction at each location.
+        refusal_position: the direction's position (negative, from the end of the prompt), or None.
+        refusal_score: the log-odds that the reply opens with a refusal token (`refusal_strings`), as the
+            direction selection scores it; None when it was not asked for.
+        refusal_strings: the refusal-opening strings the score counts.
     """
 
     text: str
@@ -97,6 +104,9 @@ class PromptInspection:
     refusal_projection: list[float] | None
     layer_locations: list[str]
     layer_projections: list[list[float]]
+    refusal_position: int | None = None
+    refusal_score: float | None = None
+    refusal_strings: list[str] = field(default_factory=list)
 
     @property
     def excluded(self) -> list[bool]:
@@ -118,6 +128,7 @@ class LatentSummary:
     max: float
     refusal_cos: float | None
     top_logits: list[str]
+    label: str
 
 
 def _parts(
@@ -160,6 +171,8 @@ def inspect_prompt(
     max_activations: Mapping[str, torch.Tensor] | None = None,
     every_layer: bool = False,
     system: str | None = None,
+    max_tokens: int | None = None,
+    score: bool = False,
 ) -> PromptInspection:
     """Chat-template a prompt, run the model once (only as deep as needed) and read it token by token.
 
@@ -171,13 +184,17 @@ def inspect_prompt(
         max_activations: hook -> [d_sae] each latent's corpus max (default: a workspace's cache).
         every_layer: also project the residual at every location onto the refusal direction.
         system: a system prompt put before the conversation.
+        max_tokens: refuse a chat-templated prompt longer than this (None: only the context limits it).
+        score: also compute the refusal score: the pass then runs the whole model, not just as deep as
+            the deepest hook.
 
     Returns:
         The inspection record.
 
     Raises:
         DataError: an empty prompt, or one longer than the model's context.
-        InspectError: `hook` names no loaded SAE, or there is neither an SAE nor a refusal direction.
+        InspectError: `hook` names no loaded SAE, there is neither an SAE nor a refusal direction, the
+            prompt has more than `max_tokens` tokens.
     """
     loaded, saes, refusal, caches = _parts(source)
     if top_k < 1:
@@ -188,12 +205,25 @@ def inspect_prompt(
         raise InspectError("nothing to inspect: no SAE was chosen and the model has no refusal direction")
     texts, batch = encode_chats(loaded, [prompt], system=system)
     ids = batch["input_ids"][:1]  # [1, pos]
+    if max_tokens is not None and ids.shape[1] > max_tokens:
+        raise InspectError(
+            f"the chat-templated prompt has {ids.shape[1]:,} tokens; the inspector reads at most "
+            f"{max_tokens:,}. Shorten the prompt"
+        )
     names = [hook] if hook is not None else []
     if refusal is not None:
         names.append(refusal.location)
         if every_layer:
             names += location_names(loaded.n_layers)
-    resid = run_to(loaded.model, ids, names)  # name -> [1, pos, d_model]
+    strings = refusal_strings(refusal)
+    refusal_score = None
+    if score:  # one full pass: the residuals on the way, the next-token logits at the end
+        with capture(loaded.model, names) as store:
+            logits = forward(loaded.model, input_ids=ids, use_cache=False, logits_to_keep=1).logits
+        resid = {name: store[name][0] for name in names}  # name -> [1, pos, d_model]
+        refusal_score = refusal_score_of(loaded, logits[:, -1], strings)[0]
+    else:
+        resid = run_to(loaded.model, ids, names)  # name -> [1, pos, d_model]
     token_ids = ids[0].tolist()
     specials = special_token_ids(loaded.tokenizer)
     special = [i in specials for i in token_ids]
@@ -244,6 +274,9 @@ def inspect_prompt(
         refusal_projection=projection,
         layer_locations=locations,
         layer_projections=layers,
+        refusal_position=refusal.position if refusal is not None else None,
+        refusal_score=refusal_score,
+        refusal_strings=strings,
     )
 
 
@@ -273,7 +306,8 @@ def _top_latents(acts: torch.Tensor, k: int, peak: torch.Tensor | None) -> list[
 
 
 def latent_summaries(cache: LatentCache, latents: Sequence[int], n_logits: int = 5) -> list[LatentSummary]:
-    """One-line summaries of a few latents (density, max, refusal cosine, top promoted tokens).
+    """One-line summaries of a few latents (density, max, refusal cosine, top promoted tokens, the build's
+    heuristic label).
 
     Raises:
         CacheError: a latent is out of range.
@@ -288,6 +322,7 @@ def latent_summaries(cache: LatentCache, latents: Sequence[int], n_logits: int =
                 max=record.max,
                 refusal_cos=record.refusal_cos,
                 top_logits=[token for token, _ in record.logits_top[:n_logits]],
+                label=record.label,
             )
         )
     return out

@@ -87,12 +87,13 @@ def through_app_navigation() -> None:
     the file names as navigation, and the legacy mode stays for every later session. Leaving the mode and
     rerunning runs app.py, which routes to the same page with the same query parameters.
     """
+    first_run = not st.session_state.get(NAVIGATED)
+    st.session_state[NAVIGATED] = True
     if PagesManager.uses_pages_directory:  # Streamlit's own switch; st.navigation clears it the same way
         PagesManager.uses_pages_directory = False
-        # Once per session: a rerun drops the widget event that started this run, and Streamlit's test
-        # harness puts every run back in the legacy mode.
-        if not st.session_state.get(NAVIGATED):
-            st.session_state[NAVIGATED] = True
+        # Only on a session's first run: a later rerun would drop the widget event that started the run
+        # (and Streamlit's test harness puts every run back in the legacy mode).
+        if first_run:
             st.rerun()
 
 
