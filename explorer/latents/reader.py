@@ -205,10 +205,7 @@ class LatentCache:
         out: list[Example | None] = [None] * len(tokens)
         if not have:
             return out
-        chosen = torch.tensor([tokens[slot] for slot in have])
-        lows, highs = window_bounds(
-            chosen // self.seq_len, chosen % self.seq_len, self._lengths, self._request_start, self.config
-        )
+        lows, highs = self.windows(torch.tensor([tokens[slot] for slot in have]))
         start, end = (int(x) for x in self._row("context_offsets", slice(latent, latent + 2)))
         index = self._arrays.get_slice("context_index")[start:end].tolist()
         stored = dict(
@@ -232,6 +229,12 @@ class LatentCache:
                 request=self._request_text(row, lo, hi),
             )
         return out
+
+    def windows(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[n] the stored window [lo, hi) in its row of each example, given its global token ids."""
+        return window_bounds(
+            tokens // self.seq_len, tokens % self.seq_len, self._lengths, self._request_start, self.config
+        )
 
     def _request_text(self, row: int, lo: int, hi: int) -> str:
         """A chat row's user request (up to the next special token), else the window's text."""

@@ -112,15 +112,17 @@ def build_table(cache: LatentCache, n_logits: int = 5, window: int = 4) -> Laten
     shown = [
         [token_text(vocab[i]) for i in ids] for ids in cache.column("logit_top_ids")[:, :n_logits].tolist()
     ]
-    top = cache.column("top_tokens")[:, 0].tolist()  # flat corpus token of each latent's top example
+    top = cache.column("top_tokens")[:, 0]  # flat corpus token of each latent's top example
+    lows, highs = cache.windows(top.clamp_min(0))
     seq_len = cache.seq_len
     snippets = []
-    for token in top:
+    for token, stored_lo, stored_hi in zip(top.tolist(), lows.tolist(), highs.tolist(), strict=True):
         if token < 0:
             snippets.append("")
             continue
         row, pos = divmod(token, seq_len)
-        lo, hi = max(pos - window, 0), min(pos + window + 1, seq_len)
+        # The record's window (never padding, a chat window from the request on), trimmed to ±window.
+        lo, hi = max(pos - window, stored_lo), min(pos + window + 1, stored_hi)
         ids = input_ids[row, lo:hi].tolist()
         focus = pos - lo
         snippets.append(
