@@ -103,6 +103,15 @@ def test_a_share_link_as_first_visit_shows_coloured_context_and_notes_reach_othe
         expect(coloured.first).to_be_attached()
         assert coloured.count() > 20
         expect(first.get_by_text(re.compile(r"^Group 1: "))).to_be_visible()
+        # An example's inspect link opens the prompt inspector on its request, in a new tab.
+        with first.context.expect_page() as opened:
+            first.get_by_role("link", name="inspect", exact=True).first.click()
+        inspector = opened.value
+        inspector.set_default_timeout(TIMEOUT_MS)
+        expect(inspector.get_by_role("heading", name="Prompt inspector")).to_be_visible()
+        expect(inspector.get_by_role("textbox", name="Prompt", exact=True)).not_to_have_value("")
+        expect(inspector.get_by_text("Refusal score (log-odds)")).to_be_visible()
+        inspector.close()
         first.get_by_text("Star, note, lists and your label").click()
         first.get_by_role("textbox", name="Note").fill(note)
         first.get_by_role("button", name="Save note").click()

@@ -57,8 +57,9 @@ def example_html(example: Example, peak: float, link: Callable[[Example], str] |
         )
     if link is not None:
         extra += (
-            f' <a href="{html.escape(link(example), quote=True)}" target="_self" '
-            'title="Open this example in the prompt inspector" style="font-size:0.8em">inspect</a>'
+            f' <a href="{html.escape(link(example), quote=True)}" target="_blank" rel="noopener" '
+            'title="Open this example in the prompt inspector (a new tab)" '
+            'style="font-size:0.8em">inspect</a>'
         )
     return (
         f'<div style="{MONO};white-space:pre-wrap;margin:3px 0;line-height:1.6">'
