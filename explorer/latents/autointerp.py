@@ -9,7 +9,6 @@ non-activating windows are zero), the prompts and parsers are plain functions of
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields, replace
@@ -17,7 +16,6 @@ from datetime import datetime, timezone
 from typing import Any, Literal, Protocol
 
 import torch
-from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from explorer.core.hooks import run_to
@@ -34,7 +32,6 @@ from explorer.latents.autointerp_client import (
 )
 from explorer.latents.notes_format import Label
 from explorer.latents.reader import CacheError, Example, LatentCache, LatentRecord, trimmed
-from explorer.latents.schema import TOKENS_FILE, VOCAB_FILE
 from explorer.saes.loading import LoadedSAE, latent_encoder
 
 NegativeSource = Literal["model", "cache", "unverified"]
@@ -253,9 +250,12 @@ class _Corpus:
     non-activating windows."""
 
     def __init__(self, cache: LatentCache, config: AutoInterpConfig) -> None:
-        with safe_open(str(cache.directory / TOKENS_FILE), framework="pt") as f:
-            self.ids, self.mask, self.lengths = (f.get_tensor(k) for k in ("input_ids", "mask", "lengths"))
-        self.vocab: list[str] = json.loads((cache.directory / VOCAB_FILE).read_text())
+        self.ids, self.mask, self.lengths, self.vocab = (
+            cache.input_ids,
+            cache.counted,
+            cache.lengths,
+            cache.vocab,
+        )
         self.config = config
         eligible = [r for r, n in enumerate(self.lengths.tolist()) if n > config.width]
         self.pool = sorted(

@@ -1,11 +1,13 @@
 """The latent cache builder: every latent's examples, statistics and refusal alignment from one pass.
 
-It reads the SAE stage's stored activations (no model forward pass), encodes them with the SAE batch by
-batch, and folds each batch into mergeable accumulators (`explorer.latent_stats`), so memory is bounded
-by the number of latents, not by the corpus. What it writes, per SAE, to `cache/latents/<model>/<hook>/`:
+It reads the SAE stage's stored activations (or runs the model to the SAE's hook), encodes them with the
+SAE batch by batch, and folds each batch into mergeable accumulators (`explorer.latents.stats`), so
+memory is bounded by the number of latents, not by the corpus; the non-zero codes go to a temporary
+file for the examples' context windows (`explorer.latents.context`). What it writes, per SAE, to
+`cache/latents/<model>/<hook>/` (the format: `explorer.latents.schema`):
 
-    latents.safetensors   per-latent arrays, read one latent at a time by `explorer.cache_reader`
-    tokens.safetensors    the corpus rows the examples point into (for context windows)
+    latents.safetensors   per-latent arrays, read one latent at a time by `explorer.latents.reader`
+    tokens.safetensors    the corpus rows the examples point into, their lengths, where requests start
     vocab.json            every token id rendered readably (newlines as ↵), so reading needs no tokenizer
     manifest.json         schema version, fingerprints (model, SAE, corpus, prompts), config, timings
 
@@ -57,9 +59,14 @@ from explorer.saes.quality import refusal_location_index
 log = logging.getLogger(__name__)
 
 
+def readable_piece(tokenizer: Any, token: int) -> str:
+    """A token id decoded on its own, with whitespace made visible (chat markers stay as written)."""
+    return str(tokenizer.decode([token])).replace("\n", "↵").replace("\t", "⇥")
+
+
 def readable_vocab(tokenizer: Any) -> list[str]:
-    """Each token id decoded on its own, with whitespace made visible (chat markers stay as written)."""
-    return [str(tokenizer.decode([i])).replace("\n", "↵").replace("\t", "⇥") for i in range(len(tokenizer))]
+    """Every token id rendered by `readable_piece`, as `vocab.json` stores them."""
+    return [readable_piece(tokenizer, i) for i in range(len(tokenizer))]
 
 
 def cache_rows(corpus: Corpus) -> torch.Tensor:

@@ -18,7 +18,7 @@ from explorer.latents.export import (
     select_latents,
 )
 from explorer.latents.reader import CacheError, Example, LatentCache, LatentRecord, trimmed
-from explorer.latents.schema import ARRAYS_FILE, TOKENS_FILE, VOCAB_FILE
+from explorer.latents.schema import ARRAYS_FILE
 
 
 def saedashboard_window(cache: LatentCache, window: int | None) -> tuple[int, int]:
@@ -38,15 +38,13 @@ class _TokenIds:
     """Token ids behind the reader's strings (context windows, logit tokens), read from the cache files."""
 
     def __init__(self, cache: LatentCache):
+        self.input_ids = cache.input_ids
+        # One past the vocabulary: SAEDashboard shows it as UNK, its Neuronpedia converter as
+        # <|outofrange|>.
+        self.padding = len(cache.vocab)
         try:
-            self.input_ids = safe_open(str(cache.directory / TOKENS_FILE), framework="pt").get_tensor(
-                "input_ids"
-            )
             self._arrays = safe_open(str(cache.directory / ARRAYS_FILE), framework="pt")
-            # One past the vocabulary: SAEDashboard shows it as UNK, its Neuronpedia converter as
-            # <|outofrange|>.
-            self.padding = len(json.loads((cache.directory / VOCAB_FILE).read_text()))
-        except (OSError, SafetensorError, json.JSONDecodeError) as e:
+        except (OSError, SafetensorError) as e:
             raise CacheError(
                 f"latent cache at {cache.directory} is corrupt or truncated ({e}); rebuild it"
             ) from e

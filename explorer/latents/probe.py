@@ -7,6 +7,7 @@ import torch
 from explorer.core.hooks import run_to
 from explorer.core.models import LoadedModel, special_token_ids
 from explorer.core.prompts import chat_messages, format_chat
+from explorer.latents.builder import readable_piece
 from explorer.latents.reader import Example
 from explorer.saes.loading import LoadedSAE
 
@@ -16,12 +17,6 @@ MAX_PROBE_TOKENS = 512
 
 class ProbeError(ValueError):
     """Text that cannot be probed: empty, too long, or a latent out of range."""
-
-
-def piece(tokenizer: object, token: int) -> str:
-    """A token rendered as the cache renders it (newlines as ↵, tabs as ⇥)."""
-    text = str(tokenizer.decode([token]))  # pyright: ignore[reportAttributeAccessIssue]
-    return text.replace("\n", "↵").replace("\t", "⇥")
 
 
 @torch.no_grad()
@@ -61,7 +56,7 @@ def probe_text(loaded: LoadedModel, sae: LoadedSAE, latent: int, text: str, *, c
         row=-1,
         pos=focus,
         value=0.0 if peak is None else peak,
-        context=[piece(tokenizer, t) for t in token_ids],
+        context=[readable_piece(tokenizer, t) for t in token_ids],
         focus=focus,
         values=values,
         request=text,

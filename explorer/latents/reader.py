@@ -137,6 +137,11 @@ class LatentCache:
         sae_fingerprint: if given, the cache must have been built from an SAE with these weights.
         model_fingerprint: if given, from a model with these weights (`explorer.models.model_fingerprint`).
         corpus_fingerprint: if given, from this corpus.
+
+    Attributes:
+        input_ids, counted, lengths: the corpus rows the examples point into ([n_rows, seq_len] token ids
+            and counted positions, [n_rows] real lengths), read once when the cache is opened.
+        vocab: every token id rendered readably (newlines as ↵).
     """
 
     def __init__(
@@ -182,11 +187,11 @@ class LatentCache:
         try:
             self._arrays = safe_open(str(directory / ARRAYS_FILE), framework="pt")
             tokens = safe_open(str(directory / TOKENS_FILE), framework="pt")
-            self._input_ids = tokens.get_tensor("input_ids")
-            self._counted = tokens.get_tensor("mask")
-            self._lengths = tokens.get_tensor("lengths")
+            self.input_ids = tokens.get_tensor("input_ids")
+            self.counted = tokens.get_tensor("mask")
+            self.lengths = tokens.get_tensor("lengths")
             self._request_start = tokens.get_tensor("request_start")
-            self._vocab: list[str] = json.loads((directory / VOCAB_FILE).read_text())
+            self.vocab: list[str] = json.loads((directory / VOCAB_FILE).read_text())
             self.config = CacheConfig.from_dict(self.manifest["config"])
             self.d_sae = int(self.manifest["sae"]["d_sae"])
             self.seq_len = int(self.manifest["seq_len"])
@@ -213,14 +218,14 @@ class LatentCache:
         )
         for slot, lo, hi in zip(have, lows.tolist(), highs.tolist(), strict=True):
             row, pos = divmod(tokens[slot], self.seq_len)
-            ids = self._input_ids[row, lo:hi].tolist()
-            counted = self._counted[row, lo:hi].tolist()
+            ids = self.input_ids[row, lo:hi].tolist()
+            counted = self.counted[row, lo:hi].tolist()
             base = slot * self.seq_len
             out[slot] = Example(
                 row=row,
                 pos=pos,
                 value=values[slot],
-                context=[self._vocab[i] for i in ids],
+                context=[self.vocab[i] for i in ids],
                 focus=pos - lo,
                 values=[
                     stored.get(base + p, 0.0) if c else None
@@ -233,18 +238,18 @@ class LatentCache:
     def windows(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[n] the stored window [lo, hi) in its row of each example, given its global token ids."""
         return window_bounds(
-            tokens // self.seq_len, tokens % self.seq_len, self._lengths, self._request_start, self.config
+            tokens // self.seq_len, tokens % self.seq_len, self.lengths, self._request_start, self.config
         )
 
     def _request_text(self, row: int, lo: int, hi: int) -> str:
         """A chat row's user request (up to the next special token), else the window's text."""
         start = int(self._request_start[row])
         if start >= 0:
-            counted = self._counted[row, start : int(self._lengths[row])].tolist()
+            counted = self.counted[row, start : int(self.lengths[row])].tolist()
             end = start + (counted.index(False) if False in counted else len(counted))
             lo, hi = start, end
         return (
-            "".join(self._vocab[i] for i in self._input_ids[row, lo:hi].tolist())
+            "".join(self.vocab[i] for i in self.input_ids[row, lo:hi].tolist())
             .replace("↵", "\n")
             .replace("⇥", "\t")
         )
@@ -326,7 +331,7 @@ class LatentCache:
         promotes = self._arrays.get_slice("logit_top_ids")[part][:, :N_PROMOTES].tolist()
         active = (self._arrays.get_slice("max")[part] > 0).tolist()
         return [
-            heuristic_label([self._vocab[i] for i in f if i >= 0], [self._vocab[i] for i in p], a)
+            heuristic_label([self.vocab[i] for i in f if i >= 0], [self.vocab[i] for i in p], a)
             for f, p, a in zip(fires, promotes, active, strict=True)
         ]
 
@@ -336,7 +341,7 @@ class LatentCache:
 
     def _logits(self, name: str, latent: int) -> list[tuple[str, float]]:
         ids, values = self._row(f"{name}_ids", latent).tolist(), self._row(name, latent).tolist()
-        return [(self._vocab[i], v) for i, v in zip(ids, values, strict=True)]
+        return [(self.vocab[i], v) for i, v in zip(ids, values, strict=True)]
 
     def column(self, name: str) -> torch.Tensor:
         """One per-latent array, whole (e.g. "max": [d_sae]).

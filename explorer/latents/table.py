@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from safetensors import SafetensorError, safe_open
-
-from explorer.latents.reader import CacheError, LatentCache
-from explorer.latents.schema import TOKENS_FILE, VOCAB_FILE
+from explorer.latents.reader import LatentCache
 from explorer.saes.quality import DENSE_THRESHOLD
 
 SortOrder = Literal["descending", "ascending", "magnitude"]
@@ -98,17 +94,9 @@ def build_table(cache: LatentCache, n_logits: int = 5, window: int = 4) -> Laten
         n_logits: promoted tokens listed per latent.
         window: context tokens either side of the activating token in the snippet.
 
-    Raises:
-        CacheError: the cache's token or vocabulary file is missing or corrupt.
     """
     columns = cache.table()
-    try:
-        input_ids = safe_open(str(cache.directory / TOKENS_FILE), framework="pt").get_tensor("input_ids")
-        vocab: list[str] = json.loads((cache.directory / VOCAB_FILE).read_text(encoding="utf-8"))
-    except (OSError, SafetensorError, json.JSONDecodeError) as e:
-        raise CacheError(
-            f"latent cache at {cache.directory} is corrupt or truncated ({e}); rebuild it"
-        ) from e
+    input_ids, vocab = cache.input_ids, cache.vocab
     shown = [
         [token_text(vocab[i]) for i in ids] for ids in cache.column("logit_top_ids")[:, :n_logits].tolist()
     ]
