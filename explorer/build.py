@@ -1,11 +1,15 @@
-"""The offline default build: an ordered list of stages, each skipped when its output is complete."""
+"""The offline default build: an ordered list of stages, each skipped when its output is complete.
+
+Every output appears atomically, so a killed build resumes at the stage it was in. `run_stages` also
+runs the stages of a workspace build (`explorer.workspace_build`).
+"""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -21,6 +25,10 @@ from explorer.core.models import (
     organism_dir,
 )
 from explorer.core.paths import cache_dir, write_json_atomic
+from explorer.manifest import (
+    default_manifest,
+    write_manifest,
+)
 from explorer.refusal.build import compute_refusal, prove
 from explorer.refusal.direction import REPORT_FILE, load_refusal, refusal_dir
 
@@ -120,13 +128,12 @@ def _run_cache(force: bool) -> None:
     build_caches(ORGANISM_NAME)
 
 
-def build_default(only: list[str] | None = None, *, force: bool = False) -> dict[str, Any]:
-    """Run the default build's stages (or only the named ones), skipping those already complete.
+def run_stages(stages: list[Stage], only: list[str] | None, force: bool) -> dict[str, Any]:
+    """Run the stages in order (or only the named ones), skipping those already complete.
 
     Returns:
-        The build manifest written to cache/build.json: per stage, whether it ran and how long it took.
+        Per stage, whether it ran and how long it took.
     """
-    stages = default_stages()
     known = [s.name for s in stages]
     for name in only or []:
         if name not in known:
@@ -144,5 +151,18 @@ def build_default(only: list[str] | None = None, *, force: bool = False) -> dict
         stage.run(force)
         report["stages"][stage.name] = {"ran": True, "seconds": round(time.perf_counter() - start, 2)}
     report["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return report
+
+
+def build_default(only: list[str] | None = None, *, force: bool = False) -> dict[str, Any]:
+    """Run the default build's stages (or only the named ones), skipping those already complete.
+
+    Returns:
+        The build manifest written to cache/build.json: per stage, whether it ran and how long it took.
+        When every stage is complete, the manifest of the workspace `default` is written too.
+    """
+    report = run_stages(default_stages(), only, force)
     write_json_atomic(cache_dir() / BUILD_MANIFEST, report)
+    if all(stage.is_complete() for stage in default_stages()):
+        write_manifest(replace(default_manifest(), stages=report["stages"]))
     return report

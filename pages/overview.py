@@ -6,14 +6,17 @@ from explorer.core.hooks import hook_names
 from explorer.saes.quality import summary_row
 from explorer.ui.charts import l0_histograms, selection_heatmap
 from explorer.ui.loaders import build_manifest, refusal_records, sae_records, workspace_or_stop
-from explorer.ui.state import model_spec_from_env
+from explorer.ui.overview_widgets import direction_summary, workspace_saes
 
 st.title("refusal-explorer")
 st.caption("Find, inspect and steer the SAE latents that mediate refusal in chat language models.")
 
-spec = model_spec_from_env()
-info = workspace_or_stop().loaded.describe()  # the one copy of the model every page shares
-st.subheader(f"Model: {info['name']}")
+workspace = workspace_or_stop()
+spec = workspace.loaded.config.spec
+info = workspace.loaded.describe()  # the one copy of the model every page shares
+st.subheader(f"Model: {info['name']} · workspace {workspace.name}")
+for problem in workspace.problems:
+    st.warning(problem)
 cols = st.columns(4)
 cols[0].metric("Layers", info["n_layers"])
 cols[1].metric("d_model", info["d_model"])
@@ -45,13 +48,7 @@ except ValueError as e:
 if selection is None:
     st.info(f"No refusal direction for this model yet: run `explorer refusal --model {spec}`.")
 else:
-    chosen = selection["selected"]
-    st.markdown(
-        f"Selected **`{chosen['location']}`** at position {chosen['position']} "
-        f"(`{chosen['token']!r}`): induce {chosen['induce']:.2f}, bypass {chosen['bypass']:.2f}, "
-        f"KL {chosen['kl']:.3f} under a KL filter of {selection['kl_threshold_used']} "
-        f"(Arditi et al. use {selection['config']['kl_threshold']})."
-    )
+    direction_summary(selection)
     if report is not None:
         cols = st.columns(3)
         cols[0].metric(
@@ -80,7 +77,7 @@ except ValueError as e:
     st.error(str(e))
     saes = None
 if saes is None:
-    st.info("No SAEs trained for this model yet: run `explorer sae train` (part of `explorer build`).")
+    workspace_saes(workspace)
 else:
     sae_index, sae_reports = saes
     rows = [summary_row(rep, is_main=hook == sae_index.get("main")) for hook, rep in sae_reports.items()]
@@ -103,6 +100,8 @@ try:
 except ValueError as e:
     st.error(str(e))
     manifest = None
+if workspace.manifest is not None and workspace.manifest.stages:
+    manifest = {"stages": workspace.manifest.stages, "finished": workspace.manifest.built, "explorer": "?"}
 if manifest is None:
     st.info("Nothing built yet: run `make demo` or `explorer build`.")
 else:

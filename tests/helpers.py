@@ -9,6 +9,8 @@ import torch
 from transformers import (
     Gemma2Config,
     Gemma2ForCausalLM,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
     Phi3Config,
@@ -21,6 +23,8 @@ from transformers import (
 )
 
 FAMILIES = ("llama", "qwen2", "gemma2", "phi3")
+"""The families most tests run on; `gpt_neox` (layers at `gpt_neox.layers`, LayerNorm with bias, untied
+embeddings) is kept for the bring-your-own-model test."""
 
 
 def tiny_config(family: str, vocab_size: int, n_layers: int = 4) -> PretrainedConfig:
@@ -42,6 +46,9 @@ def tiny_config(family: str, vocab_size: int, n_layers: int = 4) -> PretrainedCo
         return Gemma2Config(**common, head_dim=16, sliding_window=64)
     if family == "phi3":
         return Phi3Config(**{**common, "num_key_value_heads": 4}, pad_token_id=0)
+    if family == "gpt_neox":
+        del common["num_key_value_heads"], common["tie_word_embeddings"]
+        return GPTNeoXConfig(**common)
     raise ValueError(family)
 
 
@@ -54,6 +61,7 @@ def tiny_model(
         "qwen2": Qwen2ForCausalLM,
         "gemma2": Gemma2ForCausalLM,
         "phi3": Phi3ForCausalLM,
+        "gpt_neox": GPTNeoXForCausalLM,
     }
     torch.manual_seed(seed)
     model = classes[family](tiny_config(family, vocab_size, n_layers))

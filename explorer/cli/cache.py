@@ -9,18 +9,30 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from explorer.cli.options import add_model_args, model_config, open_cache
+from explorer.cli.options import add_model_args, emit, model_config, open_cache
 
 
-def _one_sae(args: argparse.Namespace) -> tuple[Any, Any, Any]:
-    """The model, the SAE (checked against it) and the model's corpus (built if missing)."""
+def _model_and_sae(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The model and the SAE, checked against it."""
     from explorer.core.models import load_model
-    from explorer.saes.build import SAEStageConfig, ensure_corpus
     from explorer.saes.loading import load_sae_for
 
     loaded = load_model(model_config(args))
-    sae = load_sae_for(loaded, args.sae)
-    return loaded, sae, ensure_corpus(loaded, SAEStageConfig())
+    return loaded, load_sae_for(loaded, args.sae)
+
+
+def _existing_corpus(loaded: Any, args: argparse.Namespace) -> Any:
+    """The stored corpus; shard jobs and merges never build it, since N jobs starting together would each
+    build it into the same directory."""
+    from explorer.saes.corpus import CorpusError, corpus_dir, load_corpus
+
+    try:
+        return load_corpus(corpus_dir(loaded.name), loaded.tokenizer)
+    except CorpusError as e:
+        raise CorpusError(
+            f"shard jobs and merges read the corpus and never build it: build it once with "
+            f"`explorer cache corpus --model {args.model}` before starting them ({e})"
+        ) from e
 
 
 def _cache_config(args: argparse.Namespace) -> Any:
@@ -36,47 +48,112 @@ def _cache_config(args: argparse.Namespace) -> Any:
     )
 
 
+def _check_sharding(args: argparse.Namespace) -> None:
+    """Reject option combinations of the default stage, `--shard`, `--shards` and `--ray` before loading."""
+    if args.sae is None and (args.shard or args.out or args.source != "auto" or args.ray is not None):
+        raise ValueError("--shard, --ray, --out and --source need --sae (the default stage builds every SAE)")
+    if args.ray is not None and args.shard:
+        raise ValueError(
+            "--ray builds every shard itself: drop --shard i/n (that builds one shard, e.g. in a Slurm array)"
+        )
+    if args.ray is not None and args.shards is None:
+        raise ValueError("--ray needs --shards N: how many Ray tasks to split the corpus into (N >= 2)")
+    if args.ray is None and args.shards is not None:
+        raise ValueError("--shards N needs --ray; to build one shard of N without Ray use --shard i/N")
+
+
 def cmd_cache_build(args: argparse.Namespace) -> int:
     from explorer.latents.build import build_caches, build_sae_cache
     from explorer.latents.shards import parse_shard
 
+    _check_sharding(args)
     shard = parse_shard(args.shard) if args.shard else None
     config = _cache_config(args)
+    directory = Path(args.out) if args.out else None
     if args.sae is None:
-        if shard or args.out or args.source != "auto":
-            raise ValueError("--shard, --out and --source need --sae (the default stage builds every SAE)")
         result = build_caches(args.model, config, attribution=args.attribution)
+    elif args.ray is not None:
+        from explorer.latents.distributed import ray_build_sae_cache
+
+        result = ray_build_sae_cache(
+            model_config(args),
+            args.sae,
+            args.shards,
+            address=args.ray or None,
+            source=args.source,
+            directory=directory,
+            attribution=args.attribution,
+            config=config,
+            max_retries=args.max_retries,
+        )
     else:
-        loaded, sae, corpus = _one_sae(args)
+        from explorer.saes.build import SAEStageConfig, ensure_corpus
+        from explorer.saes.corpus import CorpusError
+
+        loaded, sae = _model_and_sae(args)
+        # One process may build the corpus on first use (any stored corpus of the model will do, e.g. its
+        # workspace's); a shard job only reads it.
+        if shard:
+            corpus = _existing_corpus(loaded, args)
+        else:
+            try:
+                corpus = _existing_corpus(loaded, args)
+            except CorpusError:
+                corpus = ensure_corpus(loaded, SAEStageConfig())
         result = build_sae_cache(
             loaded,
             sae,
             corpus,
             source=args.source,
             shard=shard,
-            directory=Path(args.out) if args.out else None,
+            directory=directory,
             attribution=args.attribution,
             config=config,
         )
-    sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    if args.sae is not None and shard is None:
+        _register(args, result)
+    emit(result)
     return 0
+
+
+def _register(args: argparse.Namespace, built: dict[str, Any]) -> None:
+    """Put a finished cache in its model's workspace, so `cache top --model M` and the app find it."""
+    from explorer.latents.schema import latent_cache_dir
+    from explorer.workspace_build import register_cache
+
+    directory = Path(args.out) if args.out else latent_cache_dir(built["model"], built["sae"]["name"])
+    built["workspace"] = str(register_cache(model_config(args), directory))
 
 
 def cmd_cache_merge(args: argparse.Namespace) -> int:
     from explorer.latents.build import merge_sae_cache
 
-    loaded, sae, corpus = _one_sae(args)
+    loaded, sae = _model_and_sae(args)
+    corpus = _existing_corpus(loaded, args)
     directory = Path(args.out) if args.out else None
     manifest = merge_sae_cache(
         loaded, sae, corpus, args.shards, directory=directory, attribution=args.attribution
     )
-    sys.stdout.write(json.dumps(manifest, indent=2) + "\n")
+    _register(args, manifest)
+    emit(manifest)
+    return 0
+
+
+def cmd_cache_corpus(args: argparse.Namespace) -> int:
+    from explorer.core.models import load_model
+    from explorer.saes.build import SAEStageConfig, ensure_corpus
+    from explorer.saes.corpus import corpus_dir
+
+    loaded = load_model(model_config(args))
+    corpus = ensure_corpus(loaded, SAEStageConfig(), force=args.force)
+    emit({"directory": str(corpus_dir(loaded.name)), **corpus.manifest})
     return 0
 
 
 def cmd_cache_top(args: argparse.Namespace) -> int:
     cache = open_cache(args.model, args.hook)
     table = cache.table()
+    args.by = args.by or ("refusal_cos" if "refusal_cos" in table else "post_diff")
     if args.by not in table:
         raise ValueError(f"no column {args.by!r}; columns are {sorted(table)}")
     order = sorted(range(cache.d_sae), key=lambda i: table[args.by][i], reverse=not args.ascending)[: args.n]
@@ -112,7 +189,7 @@ def cmd_cache_show(args: argparse.Namespace) -> int:
 
 
 def add_cache_parser(sub: Any) -> None:
-    """Register `explorer cache {build,merge,top,show}` on the top-level subparsers."""
+    """Register `explorer cache {build,merge,corpus,top,show}` on the top-level subparsers."""
     from explorer.core.models import ORGANISM_NAME
 
     def attribution(parser: argparse.ArgumentParser) -> None:
@@ -137,7 +214,22 @@ def add_cache_parser(sub: Any) -> None:
         choices=["auto", "stored", "model"],
         help="stored activations of the SAE stage, or a forward pass to the hook (auto: stored if present)",
     )
-    p.add_argument("--shard", metavar="I/N", help="build only corpus rows with row %% N == I; merge later")
+    p.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="build only corpus rows with row %% N == I (reads the corpus, never builds it); merge later",
+    )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="build all --shards N on a Ray cluster (ADDRESS, or a local Ray if omitted), then merge",
+    )
+    p.add_argument("--shards", type=int, metavar="N", help="with --ray: the number of shard tasks")
+    p.add_argument(
+        "--max-retries", type=int, default=3, help="with --ray: reruns of a task whose worker or node died"
+    )
     p.add_argument("--out", help="cache directory (default cache/latents/<model>/<sae>/)")
     p.add_argument("--k", type=int, default=20, help="top examples per latent (one per sequence)")
     p.add_argument("--groups", type=int, default=10, help="quantile groups per latent")
@@ -156,11 +248,18 @@ def add_cache_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_cache_merge)
 
     p = cache_sub.add_parser(
+        "corpus", help="build the model's corpus once, before shard jobs that read it (skips a current one)"
+    )
+    add_model_args(p)
+    p.add_argument("--force", action="store_true", help="rebuild it even when current")
+    p.set_defaults(func=cmd_cache_corpus)
+
+    p = cache_sub.add_parser(
         "top", help="latents sorted by a column (refusal_cos, post_diff, density, max, ...)"
     )
     p.add_argument("--model", default=ORGANISM_NAME)
     p.add_argument("--hook", help="SAE hook (default: the refusal layer's)")
-    p.add_argument("--by", default="refusal_cos")
+    p.add_argument("--by", help="column (default: refusal_cos, or post_diff when there is no direction)")
     p.add_argument("-n", type=int, default=20)
     p.add_argument("--ascending", action="store_true")
     p.set_defaults(func=cmd_cache_top)

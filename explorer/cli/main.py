@@ -14,19 +14,11 @@ from explorer.cli.export import add_export_parser
 from explorer.cli.label import add_label_parser
 from explorer.cli.model import add_model_parsers
 from explorer.cli.notes import add_notes_parser
-from explorer.cli.options import emit
 from explorer.cli.refusal import add_refusal_parsers
 from explorer.cli.sae import add_sae_parser
+from explorer.cli.workspaces import add_workspace_parsers
 
 log = logging.getLogger("explorer")
-
-
-def cmd_build(args: argparse.Namespace) -> int:
-    from explorer.build import build_default
-
-    report = build_default(args.only, force=args.force)
-    emit(report)
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,11 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("build", help="build the offline default into cache/ (skips complete stages)")
-    p.add_argument("--only", action="append", metavar="STAGE", help="run only this stage (repeatable)")
-    p.add_argument("--force", action="store_true", help="rebuild stages even when complete")
-    p.set_defaults(func=cmd_build)
-
+    add_workspace_parsers(sub)
     add_model_parsers(sub)
     add_refusal_parsers(sub)
     add_sae_parser(sub)
@@ -65,11 +53,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     from explorer.core.prompts import DataError
     from explorer.latents.notes import NotesError
     from explorer.latents.reader import CacheError
+    from explorer.manifest import WorkspaceError
     from explorer.saes.loading import SAEError
 
     try:
         return int(args.func(args))
-    except (ModelError, DataError, HookError, SAEError, CacheError, NotesError, ValueError) as e:
+    except (
+        ModelError,
+        DataError,
+        HookError,
+        SAEError,
+        CacheError,
+        NotesError,
+        WorkspaceError,
+        ValueError,
+    ) as e:
         sys.stderr.write(f"explorer {args.command}: error: {e}\n")
         return 2
 

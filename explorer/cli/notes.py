@@ -8,7 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from explorer.cli.options import emit
+from explorer.cli.options import emit, main_hook
 
 if TYPE_CHECKING:
     from explorer.latents.notes import UserNotes
@@ -37,15 +37,7 @@ def _store(args: argparse.Namespace) -> UserNotes:
 
 def _hook(args: argparse.Namespace) -> str:
     """`--hook`, else the model's main SAE (the refusal layer's for the default)."""
-    if args.hook:
-        return args.hook
-    from explorer.saes.build import read_index
-    from explorer.saes.loading import SAEError
-
-    try:
-        return read_index(model_name(args.model))["main"]
-    except (SAEError, KeyError) as e:
-        raise ValueError(f"no --hook given and no main SAE known for {args.model} ({e}); pass --hook") from e
+    return args.hook or main_hook(model_name(args.model))
 
 
 def _refs(args: argparse.Namespace) -> list[tuple[str, int]]:

@@ -45,9 +45,50 @@ def emit(data: Any) -> None:
 
 
 def open_cache(model: str, sae: str | None) -> LatentCache:
-    """The latent cache of `sae` (default: the model's main SAE) built for `model`."""
-    from explorer.latents.reader import LatentCache
-    from explorer.latents.schema import latent_cache_dir
-    from explorer.saes.build import read_index
+    """The latent cache of `sae` (a hook or an SAE name; default: the main SAE) of the workspace that
+    `model` names (a workspace name, model spec or model name), else of the SAEs trained for `model`.
 
-    return LatentCache(latent_cache_dir(model, sae or read_index(model)["main"]))
+    Raises:
+        WorkspaceError: neither a workspace nor trained SAEs exist for `model`.
+        CacheError: the workspace has no such SAE, or its cache is missing or corrupt.
+    """
+    from explorer.latents.reader import CacheError, LatentCache
+    from explorer.latents.schema import latent_cache_dir
+    from explorer.manifest import WorkspaceError, find_workspace
+    from explorer.saes.build import read_index
+    from explorer.saes.loading import SAEError
+
+    try:
+        manifest = find_workspace(model)
+    except WorkspaceError:
+        try:
+            return LatentCache(latent_cache_dir(model, sae or read_index(model)["main"]))
+        except SAEError:
+            raise WorkspaceError(
+                f"no workspace for {model!r} and no SAEs trained for it: build one with "
+                f"`explorer build --model {model} --sae SAE` (`explorer workspaces` lists those that exist)"
+            ) from None
+    wanted = sae or manifest.main
+    for entry in manifest.saes:
+        if wanted in (entry.hook, entry.name):
+            return LatentCache(manifest.path(entry.cache))
+    known = ", ".join(f"{e.hook} ({e.name})" for e in manifest.saes) or "none"
+    raise CacheError(f"workspace {manifest.name!r} has no SAE {wanted!r}; its SAEs: {known}")
+
+
+def main_hook(model: str) -> str:
+    """The hook of the main SAE of the workspace (or trained SAEs) of `model`."""
+    from explorer.manifest import WorkspaceError, find_workspace
+    from explorer.saes.build import read_index
+    from explorer.saes.loading import SAEError
+
+    try:
+        main = find_workspace(model).main
+    except WorkspaceError:
+        try:
+            main = read_index(model)["main"]
+        except (SAEError, KeyError):
+            main = None
+    if main is None:
+        raise ValueError(f"no main SAE known for {model}; pass --hook")
+    return main

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import save_file
 
 from explorer import __version__
@@ -20,6 +22,7 @@ from explorer.core.paths import atomic_directory
 from explorer.core.prompts import DataError, PromptRecord, Split, builtin_prompts, filter_split, records_hash
 from explorer.refusal.candidates import (
     Candidate,
+    NoDirectionError,
     RefusalConfig,
     ablation_hooks,
     addition_hooks,
@@ -27,6 +30,7 @@ from explorer.refusal.candidates import (
     post_instruction_ids,
     score_candidates,
     select,
+    separation,
 )
 from explorer.refusal.direction import (
     DIRECTIONS_FILE,
@@ -61,6 +65,8 @@ def compute_refusal(
     harmful: list[PromptRecord] | None = None,
     harmless: list[PromptRecord] | None = None,
     progress: bool = True,
+    fallback: bool = False,
+    layer: int | None = None,
 ) -> Path:
     """Compute all candidate directions on the train split, score them on val, select one, and store.
 
@@ -69,14 +75,22 @@ def compute_refusal(
         config: selection settings.
         harmful, harmless: prompt sets with train/val splits (default: the built-in sets).
         progress: show progress bars.
+        fallback: when no candidate passes the filters, keep the difference in means that best separates
+            harmful from harmless val prompts (at `layer` if given) and store it marked unvalidated,
+            instead of raising.
+        layer: the location (0..n_layers) of the fallback direction; None picks the best below the
+            layer cut.
 
     Returns:
         The directory holding directions.safetensors and selection.json.
 
     Raises:
         DataError: a split with too few prompts, or a prompt longer than the context.
-        ValueError: no candidate passes the selection filters.
+        NoDirectionError: no candidate passes the selection filters, and `fallback` is False.
+        HookError: `layer` is outside 0..n_layers.
     """
+    if layer is not None and not 0 <= layer <= loaded.n_layers:
+        raise HookError(f"layer {layer} is out of range: the model has locations 0..{loaded.n_layers}")
     config = config or RefusalConfig()
     harmful = harmful if harmful is not None else builtin_prompts("harmful")
     harmless = harmless if harmless is not None else builtin_prompts("harmless")
@@ -95,7 +109,18 @@ def compute_refusal(
     candidates = score_candidates(
         loaded, directions, harmful_val, harmless_val, config, progress, always=[simple_key]
     )
-    chosen, kl_used = select(candidates, config)
+    unvalidated: dict[str, Any] | None = None
+    try:
+        chosen, kl_used = select(candidates, config)
+    except NoDirectionError as e:
+        if not fallback:
+            raise
+        chosen, unvalidated = _best_separating(
+            loaded, directions, candidates, (harmful_val, harmless_val), config, layer
+        )
+        kl_used = None
+        unvalidated["reason"] = str(e)
+        log.warning("%s; keeping %s position %d, unvalidated", e, chosen.location, chosen.position)
     simple = next(c for c in candidates if (c.layer, c.position) == (simple_key[0], -1))
     selection = {
         "model": loaded.name,
@@ -109,6 +134,8 @@ def compute_refusal(
         },
         "candidates": [c.to_dict() for c in candidates],
         "selected": chosen.to_dict(),
+        "validated": unvalidated is None,
+        **({"unvalidated": unvalidated} if unvalidated is not None else {}),
         "kl_threshold_used": kl_used,
         "simple_recipe": {**simple.to_dict(), "note": f"last token, blocks.{simple_layer}.hook_resid_post"},
         "timings_s": {"means": round(t_means - start, 1), "scoring": round(time.perf_counter() - t_means, 1)},
@@ -120,6 +147,37 @@ def compute_refusal(
         (tmp / SELECTION_FILE).write_text(json.dumps(selection, indent=2) + "\n", encoding="utf-8")
     log.info("selected %s position %d (bypass %.2f)", chosen.location, chosen.position, chosen.bypass)
     return out
+
+
+def _best_separating(
+    loaded: LoadedModel,
+    directions: torch.Tensor,
+    candidates: list[Candidate],
+    val: tuple[list[str], list[str]],
+    config: RefusalConfig,
+    layer: int | None,
+) -> tuple[Candidate, dict[str, Any]]:
+    """The candidate whose direction best separates the val prompts (at `layer`, else below the layer
+    cut), and the record saying how it was chosen."""
+    scores = separation(loaded, directions, *val, config.batch_size)
+    allowed = torch.full_like(scores, -math.inf)
+    if layer is not None:
+        allowed[layer] = scores[layer]
+        rule = f"best separation of harmful from harmless val prompts at location {layer} (--layer)"
+    else:
+        cut = max(1, math.ceil(config.max_layer_fraction * loaded.n_layers))
+        allowed[:cut] = scores[:cut]
+        rule = f"best separation of harmful from harmless val prompts below location {cut}"
+    i, j = divmod(int(allowed.argmax()), scores.shape[1])
+    n_pos = scores.shape[1]
+    chosen = next(c for c in candidates if (c.layer, c.position) == (i, j - n_pos))
+    record = {
+        "rule": rule,
+        "layer": layer,
+        "separation": round(float(scores[i, j]), 4),
+        "separation_grid": scores.tolist(),
+    }
+    return chosen, record
 
 
 def prove(

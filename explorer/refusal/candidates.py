@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -71,6 +71,11 @@ class RefusalConfig:
         )
 
 
+class NoDirectionError(ValueError):
+    """No candidate direction passes the behavioural filters (the model rarely refuses, or too few
+    prompts); a build can still keep the best-separating direction, marked unvalidated."""
+
+
 def post_instruction_ids(loaded: LoadedModel) -> list[int]:
     """Token ids the chat template puts after the user's text (`<|im_end|>\\n<|im_start|>assistant\\n`)."""
     text = format_chat(loaded.tokenizer, chat_messages(_PLACEHOLDER))
@@ -102,6 +107,20 @@ def _batches(items: Sequence[str], size: int):
         yield items[start : start + size]
 
 
+def _location_batches(
+    loaded: LoadedModel, prompts: Sequence[str], n_positions: int, batch_size: int, progress: bool
+) -> Iterator[torch.Tensor]:
+    """Per batch of prompts, [batch, n_layers + 1, n_positions, d_model] residual activations at the last
+    `n_positions` prompt positions (left padding aligns them), on the CPU in float32."""
+    names = location_names(loaded.n_layers)
+    chunks = list(_batches(prompts, batch_size))
+    for chunk in tqdm(chunks, desc="activations", unit="batch", disable=not progress):
+        _, batch = encode_chats(loaded, chunk)
+        with capture(loaded.model, names) as store:
+            forward(loaded.model, **batch, use_cache=False)
+        yield torch.stack([store[name][0][:, -n_positions:].float().cpu() for name in names], dim=1)
+
+
 @torch.no_grad()
 def mean_activations(
     loaded: LoadedModel,
@@ -117,16 +136,38 @@ def mean_activations(
     """
     if not prompts:
         raise DataError("no prompts to average over")
-    names = location_names(loaded.n_layers)
-    total = torch.zeros(len(names), n_positions, loaded.d_model, dtype=torch.float64)
-    chunks = list(_batches(prompts, batch_size))
-    for chunk in tqdm(chunks, desc="mean activations", unit="batch", disable=not progress):
-        _, batch = encode_chats(loaded, chunk)
-        with capture(loaded.model, names) as store:
-            forward(loaded.model, **batch, use_cache=False)
-        for i, name in enumerate(names):
-            total[i] += store[name][0][:, -n_positions:].double().sum(0).cpu()
+    total = torch.zeros(loaded.n_layers + 1, n_positions, loaded.d_model, dtype=torch.float64)
+    for acts in _location_batches(loaded, prompts, n_positions, batch_size, progress):
+        total += acts.double().sum(0)
     return (total / len(prompts)).float()
+
+
+@torch.no_grad()
+def separation(
+    loaded: LoadedModel,
+    directions: torch.Tensor,
+    harmful: Sequence[str],
+    harmless: Sequence[str],
+    batch_size: int = 32,
+) -> torch.Tensor:
+    """How well each candidate direction separates harmful from harmless prompts it was not computed on.
+
+    The prompts' activations are projected on each unit direction; the score is the gap between the two
+    labels' mean projections over their pooled standard deviation (Cohen's d), so 0 is no separation.
+
+    Returns:
+        [n_layers + 1, n_positions] separation of each candidate.
+    """
+    n_positions = directions.shape[1]
+    unit = torch.nn.functional.normalize(directions.float(), dim=-1)
+
+    def projections(prompts: Sequence[str]) -> torch.Tensor:
+        batches = _location_batches(loaded, prompts, n_positions, batch_size, False)
+        return torch.cat([(acts * unit).sum(-1) for acts in batches])  # [n, n_locations, n_positions]
+
+    a, b = projections(harmful), projections(harmless)
+    pooled = ((a.var(0, correction=0) + b.var(0, correction=0)) / 2).sqrt().clamp_min(1e-8)
+    return (a.mean(0) - b.mean(0)) / pooled
 
 
 def diff_in_means(
@@ -295,7 +336,7 @@ def select(candidates: Sequence[Candidate], config: RefusalConfig) -> tuple[Cand
             return min(kept, key=lambda c: c.bypass if c.bypass is not None else math.inf), threshold
     eligible = [c for c in candidates if c.eligible]
     closest = min((c.kl for c in eligible if c.kl is not None), default=None)
-    raise ValueError(
+    raise NoDirectionError(
         f"no candidate direction passes the filters (induce > {config.induce_threshold}, "
         f"KL < {max((config.kl_threshold, *config.kl_relaxation))}, "
         f"layer < {config.max_layer_fraction} * n_layers): "

@@ -51,6 +51,12 @@ class RefusalDirection:
     directions: torch.Tensor
     selection: dict[str, Any]
 
+    @property
+    def validated(self) -> bool:
+        """False when no candidate passed the behavioural filters and the build kept the direction that
+        best separates harmful from harmless prompts: it has not been shown to mediate refusal."""
+        return bool(self.selection.get("validated", True))
+
     def at_layer(self, layer: int) -> torch.Tensor:
         """The candidate direction at the input of `layer`, at the selected position."""
         return self.directions[layer, self.position]
@@ -63,13 +69,13 @@ def location_names(n_layers: int) -> list[str]:
     ]
 
 
-def load_refusal(model_name: str) -> RefusalDirection:
-    """Read a stored refusal direction.
+def load_refusal(model_name: str, directory: Path | None = None) -> RefusalDirection:
+    """Read a stored refusal direction (from `directory`, default the model's under the cache root).
 
     Raises:
         RefusalCacheError: the files are missing or corrupt (named in the message).
     """
-    directory = refusal_dir(model_name)
+    directory = directory or refusal_dir(model_name)
     selection_path, directions_path = directory / SELECTION_FILE, directory / DIRECTIONS_FILE
     for path in (selection_path, directions_path):
         if not path.is_file():

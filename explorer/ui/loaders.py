@@ -1,9 +1,11 @@
-"""Cached loaders: the workspace (and so the model) loads once per process and is shared by every browser
-session; every page, the Overview included, takes its model from `workspace_or_stop`."""
+"""Cached loaders: a workspace (and so its model) loads once per process and is shared by every browser
+session; every page, the Overview included, takes its model from `workspace_or_stop`, which also draws the
+sidebar's workspace picker."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,14 +13,25 @@ import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
 from explorer.build import BUILD_MANIFEST
-from explorer.core.models import ModelConfig, ModelError
+from explorer.core.models import ModelError
 from explorer.core.paths import cache_dir
 from explorer.latents.reader import CacheError, LatentCache
+from explorer.manifest import (
+    DEVICE_ENV,
+    DTYPE_ENV,
+    WORKSPACE_ENV,
+    Manifest,
+    WorkspaceError,
+    find_workspace,
+    list_workspaces,
+    manifest_path,
+    read_manifest,
+)
 from explorer.refusal.direction import REPORT_FILE, SELECTION_FILE, refusal_dir
 from explorer.saes.build import INDEX_FILE as SAE_INDEX_FILE
 from explorer.saes.build import REPORT_FILE as SAE_REPORT_FILE
 from explorer.saes.loading import SAEError, sae_root
-from explorer.ui.state import MODEL_ENV, model_spec_from_env
+from explorer.ui.state import MODEL_ENV, Q_WORKSPACE, WORKSPACE_CHOICE
 from explorer.workspace import Workspace, load_workspace
 
 
@@ -64,15 +77,76 @@ def _read_json(path: str, mtime_ns: int) -> dict[str, Any]:
         raise ValueError(f"{path} is corrupt ({e}); run `explorer build` again") from e
 
 
-@st.cache_resource(show_spinner="Loading model, SAEs and latent caches…")
-def cached_workspace(spec: str, cache_root: str, device: str = "cpu", dtype: str = "float32") -> Workspace:
-    """The model with its SAEs, latent caches and refusal direction, loaded once per process and per
-    cache root (`cache_root` is the resolved cache directory the files are read from).
+@st.cache_resource(show_spinner="Loading model, SAEs and latent caches…", max_entries=4)
+def cached_workspace(key: str, cache_root: str, device: str, dtype: str) -> Workspace:
+    """The model with its SAEs, latent caches and refusal direction, loaded once per process for each
+    workspace (`key`: a manifest path, or `spec:` and a model spec without one), cache root and
+    device/dtype override.
 
     Shared by every browser session: callers must not mutate it (steering never does; it derives new
     tensors and attaches hooks only for the duration of its own forward calls).
     """
-    return load_workspace(ModelConfig(spec=spec, device=device, dtype=dtype))  # pyright: ignore[reportArgumentType]
+    del cache_root, device, dtype  # part of the cache key; load_workspace reads them from the environment
+    if key.startswith(SPEC_KEY):
+        return load_workspace(key.removeprefix(SPEC_KEY))
+    return load_workspace(read_manifest(Path(key)))
+
+
+SPEC_KEY = "spec:"
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def workspace_choices(cache_root: str) -> tuple[dict[str, str], list[str]]:
+    """label -> key of every workspace the picker offers (`$EXPLORER_WORKSPACE` and `$EXPLORER_MODEL`
+    first, then those under the cache root), and the problems of those that could not be read."""
+    del cache_root  # the cache key: list_workspaces reads it from the environment
+    choices: dict[str, str] = {}
+    problems: list[str] = []
+    given = os.environ.get(WORKSPACE_ENV)
+    if given:
+        try:
+            manifest = read_manifest(Path(given))
+            choices[f"{manifest.name} ({WORKSPACE_ENV})"] = str(_manifest_file(manifest))
+        except WorkspaceError as e:
+            problems.append(str(e))
+    spec = os.environ.get(MODEL_ENV)
+    if spec:
+        try:
+            manifest = find_workspace(spec)
+            choices[manifest.name] = str(_manifest_file(manifest))
+        except WorkspaceError:
+            choices[f"{spec} ({MODEL_ENV})"] = SPEC_KEY + spec
+    workspaces, unreadable = list_workspaces()
+    for manifest in workspaces:
+        choices.setdefault(manifest.name, str(_manifest_file(manifest)))
+    if not choices:
+        choices["default"] = SPEC_KEY + "default"
+    return choices, problems + unreadable
+
+
+def _manifest_file(manifest: Manifest) -> Path:
+    return manifest_path(manifest.name, manifest.root)
+
+
+def workspace_picker() -> str:
+    """The sidebar's workspace picker; returns the chosen workspace's key. The choice is kept in the
+    session and in the `workspace` query parameter (so a link can open a workspace)."""
+    choices, problems = workspace_choices(str(cache_dir()))
+    labels = list(choices)
+    wanted = st.session_state.get(WORKSPACE_CHOICE) or st.query_params.get(Q_WORKSPACE)
+    if wanted not in labels:
+        wanted = labels[0]
+    label = st.sidebar.selectbox(
+        "Workspace",
+        labels,
+        index=labels.index(wanted),
+        help="A model with its refusal direction and SAE caches. Build one with "
+        "`explorer build --model SPEC --sae SAE`; `explorer workspaces` lists them.",
+    )
+    st.session_state[WORKSPACE_CHOICE] = label
+    for problem in problems:
+        st.sidebar.warning(problem)
+    return choices[label]
 
 
 NAVIGATED = "_through_app_navigation"
@@ -103,16 +177,31 @@ def workspace_or_stop() -> Workspace:
     Every page calls it first, so it also puts a page run outside app.py back through its navigation
     (`through_app_navigation`)."""
     through_app_navigation()
-    spec = model_spec_from_env()
+    key = workspace_picker()
+    environment = (os.environ.get(DEVICE_ENV, ""), os.environ.get(DTYPE_ENV, ""))
     try:
-        return cached_workspace(spec, str(cache_dir()))
-    except (ModelError, SAEError, CacheError) as e:
-        st.error(f"Could not load `{spec}`: {e}")
+        workspace = cached_workspace(key, str(cache_dir()), *environment)
+    except (ModelError, SAEError, CacheError, WorkspaceError) as e:
+        st.error(f"Could not load the workspace `{key.removeprefix(SPEC_KEY)}`: {e}")
         st.info(
-            f"Run `make build` (or `explorer build`), or set `{MODEL_ENV}` to another model spec and restart."
+            "Run `make build` (or `explorer build`) for the offline default, `explorer build --model SPEC "
+            f"--sae SAE` for another model, or pick another workspace; `{MODEL_ENV}` or `{WORKSPACE_ENV}` "
+            "open one at start."
         )
         st.stop()
         raise  # unreachable: st.stop() raises
+    info = workspace.loaded.describe()
+    st.sidebar.caption(
+        f"`{info['name']}` on {info['device']} / {info['dtype']} · "
+        + (f"{len(workspace.saes)} SAE(s)" if workspace.saes else "no SAEs")
+    )
+    if workspace.refusal is not None and not workspace.validated:
+        st.sidebar.warning(
+            "Unvalidated refusal direction: no candidate passed the behavioural filters, so the build kept "
+            "the one that best separates harmful from harmless prompts. Refusal cosines and direction "
+            "baselines use it."
+        )
+    return workspace
 
 
 def cache_or_stop(workspace: Workspace, hook: str | None) -> tuple[str, LatentCache]:

@@ -60,6 +60,9 @@ INSPECT_WINDOW_WIDGET = "inspector_window"
 INSPECT_COMPARE_WIDGET = "inspector_compare_input"
 DEMO_TOKENS_WIDGET = "demo_new_tokens"
 
+WORKSPACE_CHOICE = "workspace_choice"
+"""The label of the workspace the sidebar's picker chose."""
+
 ADD_TO_STEERING = "Add to steering"
 """The label of the Latent detail page's button that picks its latent for the playground."""
 
@@ -67,14 +70,11 @@ ADD_TO_STEERING = "Add to steering"
 Q_SAE = "sae"
 Q_LATENT = "latent"
 Q_SPEC = "spec"
+Q_WORKSPACE = "workspace"
+"""Opens the app on this workspace (its label in the sidebar's picker)."""
 Q_PROMPT = "prompt"
 """The prompt inspector's link parameter: the prompt to open (with `sae`)."""
 """A steering spec as URL-safe base64 of its JSON, with sampling settings and the prompt beside it."""
-
-
-def model_spec_from_env() -> str:
-    """The model spec the app was started with."""
-    return os.environ.get(MODEL_ENV) or "default"
 
 
 def demo_mode() -> bool:

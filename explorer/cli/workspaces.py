@@ -1,0 +1,143 @@
+"""`explorer build` (the offline default, or any model and its SAEs) and `explorer workspaces`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from explorer.cli.options import emit
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    if args.model in (None, "default"):
+        if args.sae or args.harmful or args.harmless or args.layer is not None:
+            raise ValueError("--sae, --harmful, --harmless and --layer build a workspace: give --model too")
+        from explorer.build import build_default
+
+        emit(build_default(args.only, force=args.force))
+        return 0
+    from explorer.core.models import ModelConfig
+    from explorer.latents.schema import CacheConfig
+    from explorer.refusal.candidates import RefusalConfig
+    from explorer.saes.corpus import CorpusConfig
+    from explorer.workspace_build import WorkspaceRequest, build_workspace
+
+    request = WorkspaceRequest(
+        ModelConfig(
+            spec=args.model,
+            device=args.device,
+            dtype=args.dtype,
+            device_map=args.device_map,
+            chat_template=args.chat_template,
+            trust_remote_code=args.trust_remote_code,
+        ),
+        tuple(args.sae or ()),
+        harmful=args.harmful,
+        harmless=args.harmless,
+        layer=args.layer,
+        refusal=RefusalConfig(n_val=args.n_val),
+        corpus=CorpusConfig(
+            seq_len=args.seq_len, text_tokens=args.text_tokens, prompts_per_label=args.prompts_per_label
+        ),
+        cache=CacheConfig(k=args.k),
+    )
+    emit(build_workspace(request, args.only, force=args.force))
+    return 0
+
+
+def cmd_workspaces(args: argparse.Namespace) -> int:
+    from explorer.manifest import disk_size, list_workspaces
+
+    workspaces, problems = list_workspaces()
+    rows = [
+        {
+            "name": m.name,
+            "model": m.model.spec,
+            "saes": [e.hook for e in m.saes],
+            "widths": [e.d_sae for e in m.saes],
+            "direction": "none"
+            if "location" not in m.refusal
+            else ("validated" if m.validated else "unvalidated"),
+            "built": m.built,
+            "size_mb": round(disk_size(m) / 2**20, 1),
+            "path": str(m.root / "workspaces" / m.name),
+        }
+        for m in workspaces
+    ]
+    if args.json:
+        emit({"workspaces": rows, "problems": problems})
+        return 0
+    if not rows:
+        sys.stdout.write(
+            "no workspaces yet: run `explorer build` (the offline default) or `explorer build "
+            "--model SPEC --sae SAE`\n"
+        )
+    for row in rows:
+        saes = ", ".join(
+            f"{hook} ({width:,})" for hook, width in zip(row["saes"], row["widths"], strict=True)
+        )
+        sys.stdout.write(
+            f"{row['name']}\t{row['model']}\tSAEs: {saes or 'none'}\tdirection {row['direction']}\t"
+            f"built {row['built'] or '?'}\t{row['size_mb']} MB\n"
+        )
+    for problem in problems:
+        sys.stderr.write(f"unreadable: {problem}\n")
+    return 0
+
+
+def add_workspace_parsers(sub: Any) -> None:
+    """Register `explorer build` and `explorer workspaces` on the top-level subparsers."""
+    from explorer.latents.schema import CacheConfig
+    from explorer.refusal.candidates import RefusalConfig
+    from explorer.saes.corpus import CorpusConfig
+
+    p = sub.add_parser(
+        "build",
+        help="build the offline default into cache/, or with --model and --sae the workspace of any chat "
+        "model and SAEs (skips complete stages)",
+    )
+    p.add_argument("--only", action="append", metavar="STAGE", help="run only this stage (repeatable)")
+    p.add_argument("--force", action="store_true", help="rebuild stages even when complete")
+    group = p.add_argument_group("workspace (any model)")
+    group.add_argument(
+        "--model", help="a model directory, .gguf file or hub id (omit for the offline default)"
+    )
+    group.add_argument(
+        "--sae",
+        action="append",
+        metavar="SAE",
+        help="an SAELens SAE: directory or release:sae_id (repeat)",
+    )
+    group.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default: cpu)")
+    group.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"])
+    group.add_argument("--device-map", choices=["auto"], help="spread a large model over all GPUs")
+    group.add_argument("--chat-template", help="Jinja file replacing the tokenizer's chat template")
+    group.add_argument("--trust-remote-code", action="store_true", help="for hub models that need it")
+    group.add_argument(
+        "--harmful", metavar="FILE", help="harmful prompts (JSONL/CSV) instead of the built-in set"
+    )
+    group.add_argument("--harmless", metavar="FILE", help="harmless prompts instead of the built-in set")
+    group.add_argument(
+        "--layer",
+        type=int,
+        help="if no direction passes the behavioural filters, keep the one read at this location "
+        "(0..n_layers) instead of the best-separating one",
+    )
+    group.add_argument("--n-val", type=int, default=RefusalConfig.n_val, help="val prompts per label")
+    corpus = CorpusConfig()
+    group.add_argument("--seq-len", type=int, default=corpus.seq_len, help="tokens per corpus row")
+    group.add_argument(
+        "--text-tokens", type=int, default=corpus.text_tokens, help="general-text tokens in the corpus"
+    )
+    group.add_argument(
+        "--prompts-per-label", type=int, help="built-in prompts per label in the corpus (default: all)"
+    )
+    group.add_argument("--k", type=int, default=CacheConfig.k, help="top examples per latent")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser(
+        "workspaces", help="list the workspaces: model, SAEs, widths, when built, size on disk"
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_workspaces)
