@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from streamlit.testing.v1 import AppTest
 from transformers import PreTrainedTokenizerBase
 
@@ -15,6 +16,7 @@ from explorer.cli.main import main
 from explorer.core.paths import CACHE_ENV
 from explorer.manifest import WorkspaceError, find_workspace, list_workspaces, read_manifest
 from explorer.refusal.direction import load_refusal
+from explorer.workspace import load_workspace
 from tests.helpers import save_tiny_model_dir, tiny_sae
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,6 +87,11 @@ def test_commands_find_the_workspace_by_model_alone(
     assert json.loads(capsys.readouterr().out)["latent"] == 5
     assert main(["cache", "top", "--model", model, "--hook", "blocks.9.hook_resid_pre"]) == 2
     assert "has no SAE 'blocks.9.hook_resid_pre'" in capsys.readouterr().err
+    clamp = ["--clamp", "blocks.1.hook_resid_pre:3=set:2:max"]  # x max: needs the workspace's cache
+    assert (
+        main(["generate", "--model", model, "--prompt", "Hi", *clamp, "--max-new-tokens", "3", "--json"]) == 0
+    )
+    assert "steered" in capsys.readouterr().out
     assert main(["workspaces", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)["workspaces"]
     assert [(w["name"], w["widths"], w["direction"]) for w in listed] == [
@@ -206,3 +213,32 @@ def test_explorer_workspace_opens_a_manifest_outside_the_cache(
     assert not app.exception
     assert app.sidebar.selectbox[0].value == "neox-chat (EXPLORER_WORKSPACE)"
     assert [m.value for m in app.metric][:2] == ["4", "64"]
+
+
+def test_a_bfloat16_workspace_loads_on_its_manifests_device_and_dtype(
+    byo: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Device and dtype consistency, the part of the CUDA path a CPU can check: the build's dtype reaches
+    the manifest, the app's loader and the SAEs, and an override is reported, never silently mixed."""
+    cache = tmp_path / "cache"
+    shutil.copytree(byo["cache"], cache)
+    monkeypatch.setenv(CACHE_ENV, str(cache))
+    model = str(byo["model"])
+    assert main(["build", "--model", model, "--sae", str(byo["sae1"]), "--dtype", "bfloat16", *SMALL]) == 0
+    stages = json.loads(capsys.readouterr().out)["stages"]
+    assert [name for name, stage in stages.items() if stage["ran"]] == ["cache"]  # same direction, corpus
+    manifest = find_workspace(model)
+    assert manifest.model.dtype == "bfloat16"
+    workspace = load_workspace(model)
+    assert workspace.loaded.model.dtype == torch.bfloat16 and workspace.problems == []
+    assert [sae.sae.W_dec.dtype for sae in workspace.saes.values()] == [torch.bfloat16]
+    assert list(workspace.caches) == ["blocks.1.hook_resid_pre"]
+    monkeypatch.setenv("EXPLORER_DEVICE", "cuda")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert manifest.model_config().device == expected
+    monkeypatch.delenv("EXPLORER_DEVICE")
+    monkeypatch.setenv("EXPLORER_DTYPE", "float32")
+    mixed = load_workspace(model)
+    assert mixed.loaded.model.dtype == torch.float32
+    assert any("built on cpu/bfloat16" in p for p in mixed.problems)
+    assert mixed.caches == {} and any("fingerprint" in p for p in mixed.problems)

@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from explorer.cli.options import add_model_args, model_config
+from explorer.cli.options import add_model_args, load_workspace_for
 from explorer.core.paths import write_text_atomic
 
 
@@ -40,7 +40,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         sweep_specs,
         trade_off_figure,
     )
-    from explorer.workspace import load_workspace
 
     strengths = [float(s) for s in args.strengths.split(",")] if args.strengths else []
     config = EvalConfig(
@@ -52,7 +51,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         **({} if args.seed is None else {"seed": args.seed}),
     )
     mc = load_mc_file(args.mc) if args.mc else None
-    workspace = load_workspace(model_config(args), args.sae)
+    workspace = load_workspace_for(args)
     latents = [] if args.mode.startswith("direction") else _latents(args.latents, workspace, args.hook)
     settings = sweep_specs(args.mode, latents, strengths, args.units)
     from explorer.steering.spec import validate

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from explorer.core.models import ModelConfig
     from explorer.latents.reader import LatentCache
+    from explorer.workspace import Workspace
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -20,8 +21,12 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         default="default",
         help="'default' (offline SmolLM2-135M-Instruct), a .gguf file, a model directory or a hub id",
     )
-    group.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default: cpu)")
-    group.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"])
+    group.add_argument("--device", help="cpu, cuda, cuda:N, mps or auto (default: the workspace's, else cpu)")
+    group.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="parameter dtype (default: the workspace's, else float32)",
+    )
     group.add_argument("--device-map", choices=["auto"], help="spread a large model over all GPUs")
     group.add_argument("--chat-template", help="Jinja file replacing the tokenizer's chat template")
 
@@ -32,11 +37,31 @@ def model_config(args: argparse.Namespace) -> ModelConfig:
 
     return ModelConfig(
         spec=args.model,
-        device=args.device,
-        dtype=args.dtype,
+        device=args.device or "cpu",
+        dtype=args.dtype or "float32",
         device_map=args.device_map,
         chat_template=args.chat_template,
     )
+
+
+def load_workspace_for(args: argparse.Namespace) -> Workspace:
+    """The workspace `--model` names, on its manifest's device and dtype unless `--device`/`--dtype` say
+    otherwise; with `--sae`, or for a model without a workspace, the model and the SAEs given."""
+    from dataclasses import replace
+
+    from explorer.manifest import WorkspaceError, find_workspace
+    from explorer.workspace import load_workspace
+
+    if getattr(args, "sae", None) is None:
+        try:
+            manifest = find_workspace(args.model)
+        except WorkspaceError:
+            manifest = None
+        if manifest is not None:
+            config = manifest.model_config()
+            config = replace(config, device=args.device or config.device, dtype=args.dtype or config.dtype)
+            return load_workspace(manifest, config=config)
+    return load_workspace(model_config(args), getattr(args, "sae", None))
 
 
 def emit(data: Any) -> None:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from explorer.cli.options import model_config
+from explorer.cli.options import load_workspace_for
 from explorer.core.generation import SamplingConfig
 from explorer.steering.spec import DirectionBaseline, SteeringError, SteeringSpec, Trigger, parse_clamp
 
@@ -80,10 +80,9 @@ def run_steered(
 ) -> dict[str, Any]:
     """Side-by-side generation for every prompt; returns the JSON document `explorer generate` prints."""
     from explorer.steering.decode import generate_side_by_side
-    from explorer.workspace import load_workspace
 
     spec = spec_from_args(args)  # malformed options fail before the model loads
-    workspace = load_workspace(model_config(args), args.sae)
+    workspace = load_workspace_for(args)
     steerer = workspace.steerer()
     provenance = {
         "model": workspace.loaded.name,
