@@ -157,3 +157,26 @@ def test_shuffled_batches_visit_every_row_once_per_epoch() -> None:
     assert epoch.dtype == torch.float32
     with pytest.raises(ActivationError, match="fewer than one batch"):
         next(shuffled_batches(acts, 13))
+
+
+def test_text_rows_from_a_dataset_file(tiny: LoadedModel, tmp_path: Path) -> None:
+    """`--text-dataset` reads a local file the way it streams a hub dataset: the text column, in order."""
+    words = ["aardvark", "zeppelin", "quokka", "marzipan"]
+    rows = [
+        {"id": n, "text": f"The {w} " + "appears in this long enough document. " * 6}
+        for n, w in enumerate(words)
+    ]
+    data = tmp_path / "text.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = replace(SMALL, text_dataset=str(data), text_tokens=10_000)
+    corpus = build_corpus(tiny, config, [], tmp_path / "corpus")
+    assert corpus.manifest["text"]["dataset"] == str(data) and corpus.manifest["text"]["documents"] == 4
+    text = "".join(tiny.tokenizer.decode(row[row != tiny.tokenizer.pad_token_id]) for row in corpus.input_ids)
+    assert all(w in text for w in words)
+    assert config.to_dict()["text_dataset"] == str(data) and "text_dataset" not in SMALL.to_dict()
+    with pytest.raises(CorpusError, match="could not read the text dataset 'no-such/dataset-here'"):
+        build_corpus(tiny, replace(SMALL, text_dataset="no-such/dataset-here"), [], tmp_path / "none")
+    short = tmp_path / "short.jsonl"
+    short.write_text(json.dumps({"text": "too short"}) + "\n")
+    with pytest.raises(CorpusError, match="no document of at least"):
+        build_corpus(tiny, replace(SMALL, text_dataset=str(short)), [], tmp_path / "none")

@@ -38,7 +38,10 @@ def cmd_build(args: argparse.Namespace) -> int:
         layer=args.layer,
         refusal=RefusalConfig(n_val=args.n_val),
         corpus=CorpusConfig(
-            seq_len=args.seq_len, text_tokens=args.text_tokens, prompts_per_label=args.prompts_per_label
+            seq_len=args.seq_len,
+            text_tokens=args.text_tokens,
+            prompts_per_label=args.prompts_per_label,
+            text_dataset=args.text_dataset,
         ),
         cache=CacheConfig(k=args.k),
     )
@@ -129,6 +132,12 @@ def add_workspace_parsers(sub: Any) -> None:
     group.add_argument("--seq-len", type=int, default=corpus.seq_len, help="tokens per corpus row")
     group.add_argument(
         "--text-tokens", type=int, default=corpus.text_tokens, help="general-text tokens in the corpus"
+    )
+    group.add_argument(
+        "--text-dataset",
+        metavar="NAME|FILE",
+        help="general text from a hub dataset (name[:config[:split]], streamed) or a local JSON/CSV/text "
+        "file, instead of the prose that ships with Python",
     )
     group.add_argument(
         "--prompts-per-label", type=int, help="built-in prompts per label in the corpus (default: all)"

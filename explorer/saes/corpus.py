@@ -30,7 +30,7 @@ from transformers import PreTrainedTokenizerBase
 from explorer.core.models import LoadedModel, special_token_ids
 from explorer.core.paths import atomic_directory, cache_dir, write_json_atomic
 from explorer.core.prompts import PromptRecord, builtin_prompts, chat_messages, format_chat, records_hash
-from explorer.saes.prose import pack_documents, python_documents
+from explorer.saes.prose import dataset_documents, pack_documents, python_documents
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,8 @@ class CorpusConfig:
         batch_size: prompts per generation batch.
         prompts_per_label: use only this many built-in prompts of each label (spread over all
             categories and splits); None uses them all.
+        text_dataset: general text from this dataset (a hub name or a local file; see
+            `dataset_documents`) instead of the prose that ships with Python.
         seed: fixes document order and the held-out choice.
     """
 
@@ -70,6 +72,7 @@ class CorpusConfig:
     batch_size: int = 64
     prompts_per_label: int | None = None
     seed: int = 0
+    text_dataset: str | None = None
 
     def __post_init__(self) -> None:
         if not 8 <= self.seq_len <= 4096:
@@ -84,7 +87,12 @@ class CorpusConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The config as stored in the corpus manifest; `text_dataset` only when set, so corpora built
+        before it existed still match their config."""
+        data = asdict(self)
+        if data["text_dataset"] is None:
+            del data["text_dataset"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CorpusConfig:
@@ -163,7 +171,13 @@ def text_rows(
     """General-text rows: documents in seeded order up to `text_tokens`, packed per part."""
     if config.text_tokens == 0:
         return [], [], {"documents": 0, "sha256": None}
-    docs = python_documents(config.min_doc_chars)
+    if config.text_dataset is None:
+        docs = python_documents(config.min_doc_chars)
+    else:
+        try:  # ~4 characters per token, with room for the held-out share and short documents
+            docs = dataset_documents(config.text_dataset, 8 * config.text_tokens, config.min_doc_chars)
+        except ValueError as e:
+            raise CorpusError(str(e)) from e
     rng = random.Random(config.seed)
     rng.shuffle(docs)
     encoded = tokenizer([t for _, t in docs], add_special_tokens=False)["input_ids"]
@@ -192,7 +206,11 @@ def text_rows(
         "heldout_documents": len(ids_by_part["heldout"]),
         "tokens": total,
         "sha256": digest.hexdigest()[:16],
-        "python_stdlib": sysconfig.get_paths()["stdlib"],
+        **(
+            {"dataset": config.text_dataset}
+            if config.text_dataset
+            else {"python_stdlib": sysconfig.get_paths()["stdlib"]}
+        ),
     }
     return rows, infos, meta
 

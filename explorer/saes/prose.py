@@ -1,5 +1,6 @@
-"""General English that ships with every Python install, for the corpus's text rows: the `pydoc` topic
-pages and the standard library's docstrings and comment blocks, and packing documents into windows."""
+"""General text for the corpus's text rows: English that ships with every Python install (the `pydoc`
+topic pages and the standard library's docstrings and comment blocks) or, with the hub, a named dataset;
+and packing documents into windows."""
 
 from __future__ import annotations
 
@@ -64,6 +65,43 @@ def python_documents(min_chars: int = 160) -> list[tuple[str, str]]:
             for line, text in _comment_blocks(source)
             if len(text) >= min_chars
         )
+    return docs
+
+
+def dataset_documents(spec: str, max_chars: int, min_chars: int = 160) -> list[tuple[str, str]]:
+    """Documents of a text dataset: a hub name (`name`, `name:config` or `name:config:split`, streamed, so
+    only what is used is downloaded) or a local file or directory `datasets` can read (JSON, CSV, text,
+    Parquet), up to `max_chars` characters; each row's `text` column, or its first string column.
+
+    Raises:
+        ValueError: the dataset cannot be read (offline, no such dataset, no text column).
+    """
+    import datasets
+
+    local = Path(spec).expanduser()
+    try:
+        if local.exists():
+            files = [str(f) for f in sorted(local.rglob("*") if local.is_dir() else [local]) if f.is_file()]
+            kind = {".jsonl": "json", ".txt": "text"}.get(Path(files[0]).suffix, Path(files[0]).suffix[1:])
+            rows = datasets.load_dataset(kind, data_files=files, split="train", streaming=True)
+        else:
+            name, config, split = [*spec.split(":"), None, None][:3]
+            rows = datasets.load_dataset(name, config, split=split or "train", streaming=True)
+        docs: list[tuple[str, str]] = []
+        total = 0
+        for n, row in enumerate(rows):
+            text = row.get("text") or next((v for v in row.values() if isinstance(v, str)), None)
+            if text is None:
+                raise ValueError(f"row {n} has no string column")
+            if len(text) >= min_chars:
+                docs.append((f"dataset:{n}", text))
+                total += len(text)
+            if total >= max_chars:
+                break
+    except (OSError, ValueError, IndexError, ConnectionError) as e:
+        raise ValueError(f"could not read the text dataset {spec!r}: {e} (offline? use a local file)") from e
+    if not docs:
+        raise ValueError(f"the text dataset {spec!r} has no document of at least {min_chars} characters")
     return docs
 
 
