@@ -16,6 +16,7 @@ from explorer.cli.main import main
 from explorer.core.paths import CACHE_ENV
 from explorer.manifest import WorkspaceError, find_workspace, list_workspaces, read_manifest
 from explorer.refusal.direction import load_refusal
+from explorer.ui.state import LATENT, STEER_CLAMPS
 from explorer.workspace import load_workspace
 from tests.helpers import save_tiny_model_dir, tiny_sae
 
@@ -242,3 +243,28 @@ def test_a_bfloat16_workspace_loads_on_its_manifests_device_and_dtype(
     assert mixed.loaded.model.dtype == torch.float32
     assert any("built on cpu/bfloat16" in p for p in mixed.problems)
     assert mixed.caches == {} and any("fingerprint" in p for p in mixed.problems)
+
+
+def test_switching_workspace_forgets_the_other_workspaces_latents(
+    in_cache: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Picked latents, clamps and results name hooks of one workspace: a switch clears them."""
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delenv("EXPLORER_MODEL", raising=False)
+    source = in_cache["cache"] / "workspaces" / "neox-chat" / "workspace.json"
+    twin = in_cache["cache"] / "workspaces" / "twin" / "workspace.json"
+    twin.parent.mkdir()
+    twin.write_text(json.dumps({**json.loads(source.read_text()), "name": "twin"}))
+    try:
+        app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+        assert app.sidebar.selectbox[0].options == ["neox-chat", "twin"]
+        app.session_state[STEER_CLAMPS] = [{"hook": "blocks.1.hook_resid_pre", "latent": 3}]
+        app.session_state[LATENT] = 3
+        app.run()
+        assert app.session_state[STEER_CLAMPS]
+        app.sidebar.selectbox[0].select("twin").run()
+        assert not app.exception
+        assert STEER_CLAMPS not in app.session_state and LATENT not in app.session_state
+        assert any("twin" in s.value for s in app.subheader)
+    finally:
+        shutil.rmtree(twin.parent)

@@ -19,7 +19,9 @@ from explorer.latents.reader import CacheError, LatentCache
 from explorer.manifest import (
     DEVICE_ENV,
     DTYPE_ENV,
+    MANIFEST_FILE,
     WORKSPACE_ENV,
+    WORKSPACES_DIR,
     Manifest,
     WorkspaceError,
     find_workspace,
@@ -31,7 +33,7 @@ from explorer.refusal.direction import REPORT_FILE, SELECTION_FILE, refusal_dir
 from explorer.saes.build import INDEX_FILE as SAE_INDEX_FILE
 from explorer.saes.build import REPORT_FILE as SAE_REPORT_FILE
 from explorer.saes.loading import SAEError, sae_root
-from explorer.ui.state import MODEL_ENV, Q_WORKSPACE, WORKSPACE_CHOICE
+from explorer.ui.state import MODEL_ENV, PER_WORKSPACE, Q_WORKSPACE, STEER_GENERATION, WORKSPACE_CHOICE
 from explorer.workspace import Workspace, load_workspace
 
 
@@ -95,43 +97,54 @@ def cached_workspace(key: str, cache_root: str, device: str, dtype: str) -> Work
 SPEC_KEY = "spec:"
 
 
-@st.cache_data(ttl=30, show_spinner=False)
-def workspace_choices(cache_root: str) -> tuple[dict[str, str], list[str]]:
+@st.cache_data(show_spinner=False)
+def workspace_choices(
+    cache_root: str, stamp: tuple[tuple[str, int], ...]
+) -> tuple[dict[str, str], list[str]]:
     """label -> key of every workspace the picker offers (`$EXPLORER_WORKSPACE` and `$EXPLORER_MODEL`
-    first, then those under the cache root), and the problems of those that could not be read."""
-    del cache_root  # the cache key: list_workspaces reads it from the environment
+    first, then those under the cache root), and the problems of those that could not be read.
+
+    Cached per cache root and `stamp` (every manifest's path and modification time, and the default
+    build's record), so a workspace built while the app runs shows up at the next rerun."""
+    del cache_root, stamp  # the cache key: list_workspaces reads the cache root from the environment
     choices: dict[str, str] = {}
     problems: list[str] = []
     given = os.environ.get(WORKSPACE_ENV)
     if given:
         try:
             manifest = read_manifest(Path(given))
-            choices[f"{manifest.name} ({WORKSPACE_ENV})"] = str(_manifest_file(manifest))
+            choices[f"{manifest.name} ({WORKSPACE_ENV})"] = _manifest_file(manifest)
         except WorkspaceError as e:
             problems.append(str(e))
     spec = os.environ.get(MODEL_ENV)
     if spec:
         try:
             manifest = find_workspace(spec)
-            choices[manifest.name] = str(_manifest_file(manifest))
+            choices[manifest.name] = _manifest_file(manifest)
         except WorkspaceError:
             choices[f"{spec} ({MODEL_ENV})"] = SPEC_KEY + spec
     workspaces, unreadable = list_workspaces()
     for manifest in workspaces:
-        choices.setdefault(manifest.name, str(_manifest_file(manifest)))
+        choices.setdefault(manifest.name, _manifest_file(manifest))
     if not choices:
         choices["default"] = SPEC_KEY + "default"
     return choices, problems + unreadable
 
 
-def _manifest_file(manifest: Manifest) -> Path:
-    return manifest_path(manifest.name, manifest.root)
+def _manifest_file(manifest: Manifest) -> str:
+    """The picker's key for a workspace: its manifest file, or (for the offline default built before
+    builds wrote one) its name, which `find_workspace` derives the manifest for."""
+    path = manifest_path(manifest.name, manifest.root)
+    return str(path) if path.is_file() else SPEC_KEY + manifest.name
 
 
 def workspace_picker() -> str:
     """The sidebar's workspace picker; returns the chosen workspace's key. The choice is kept in the
     session and in the `workspace` query parameter (so a link can open a workspace)."""
-    choices, problems = workspace_choices(str(cache_dir()))
+    root = cache_dir()
+    files = [*(root / WORKSPACES_DIR).glob(f"*/{MANIFEST_FILE}"), root / BUILD_MANIFEST]
+    stamp = tuple((str(f), f.stat().st_mtime_ns) for f in files if f.is_file())
+    choices, problems = workspace_choices(str(root), stamp)
     labels = list(choices)
     wanted = st.session_state.get(WORKSPACE_CHOICE) or st.query_params.get(Q_WORKSPACE)
     if wanted not in labels:
@@ -143,6 +156,10 @@ def workspace_picker() -> str:
         help="A model with its refusal direction and SAE caches. Build one with "
         "`explorer build --model SPEC --sae SAE`; `explorer workspaces` lists them.",
     )
+    if st.session_state.get(WORKSPACE_CHOICE) not in (None, label):
+        for key in PER_WORKSPACE:  # hooks, latents and results of the other workspace mean nothing here
+            st.session_state.pop(key, None)
+        st.session_state[STEER_GENERATION] = st.session_state.get(STEER_GENERATION, 0) + 1  # fresh widgets
     st.session_state[WORKSPACE_CHOICE] = label
     for problem in problems:
         st.sidebar.warning(problem)

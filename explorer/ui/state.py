@@ -62,6 +62,27 @@ DEMO_TOKENS_WIDGET = "demo_new_tokens"
 
 WORKSPACE_CHOICE = "workspace_choice"
 """The label of the workspace the sidebar's picker chose."""
+PER_WORKSPACE = (
+    SAE_HOOK,
+    LATENT,
+    STEER_CLAMPS,
+    STEER_TRIGGER,
+    STEER_DIRECTION,
+    CHAT_HISTORY,
+    STEERED_CHAT,
+    LAST_RESULT,
+    EVAL_RESULT,
+    INSPECT_RESULT,
+    INSPECT_COMPARED,
+    INSPECT_REPLIES,
+    DEMO_RESULTS,
+    INSPECT_SAE_WIDGET,
+    INSPECT_TOKEN_WIDGET,
+    "latents_sae",
+    "detail_sae",
+    "detail_latent",
+)
+"""Session keys that name a workspace's hooks, latents or results: cleared when the picker switches."""
 
 ADD_TO_STEERING = "Add to steering"
 """The label of the Latent detail page's button that picks its latent for the playground."""
