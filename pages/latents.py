@@ -5,7 +5,14 @@ import streamlit as st
 from explorer.latents.table import COLUMN_TITLES, SortOrder, display_columns, filter_rows, sort_rows
 from explorer.saes.quality import DENSE_THRESHOLD
 from explorer.ui.charts_latents import latent_scatter
-from explorer.ui.latent_data import go_to_latent, latent_table, picked_point, picked_row, sae_picker
+from explorer.ui.latent_data import (
+    go_to_latent,
+    latent_table,
+    page_picker,
+    picked_point,
+    picked_row,
+    sae_picker,
+)
 from explorer.ui.loaders import cache_or_stop, workspace_or_stop
 from explorer.ui.notes_widgets import (
     lists_exchange,
@@ -60,18 +67,25 @@ st.caption(
     f"{len(rows)} of {len(table)} latents of `{hook}`. Activations are raw latent values; density is the "
     f"fraction of the cache's {cache.manifest.get('n_tokens', '?')} tokens on which a latent is active; "
     "harmful − harmless is the mean activation difference at post-instruction positions. Select a row, "
-    "or click a point below, to open the latent."
+    "or click a point below, to open the latent; the table shows one page at a time."
     + (f" The list has {len(chosen.members)} latent(s) over all SAEs." if chosen.list_name else "")
 )
-if not rows:
+if not len(rows):
     st.info(
         "No latent passes these filters: widen the range, clear the search, pick another list or show "
         "dead latents."
     )
     st.stop()
 
+shown = rows[
+    page_picker(
+        len(rows),
+        key="latents",
+        reset_on=(search, sort_by, order, hide_dead, hide_dense, ranges, chosen.list_name, chosen.keep),
+    )
+]
 picked = st.dataframe(
-    {**display_columns(table, rows), **notes_columns(table, rows, chosen)},
+    {**display_columns(table, shown), **notes_columns(table, shown, chosen)},
     hide_index=True,
     on_select="rerun",
     selection_mode="single-row",
@@ -86,8 +100,8 @@ picked = st.dataframe(
     },
 )
 row = picked_row(picked)
-if row is not None and row < len(rows):
-    go_to_latent(hook, table.latent[rows[row]])
+if row is not None and row < len(shown):
+    go_to_latent(hook, int(table.latent[shown[row]]))
 
 cols = st.columns(2)
 x = cols[0].selectbox(

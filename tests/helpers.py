@@ -13,6 +13,8 @@ from transformers import (
     GPTNeoXForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
+    OPTConfig,
+    OPTForCausalLM,
     Phi3Config,
     Phi3ForCausalLM,
     PretrainedConfig,
@@ -23,8 +25,11 @@ from transformers import (
 )
 
 FAMILIES = ("llama", "qwen2", "gemma2", "phi3")
-"""The families most tests run on; `gpt_neox` (layers at `gpt_neox.layers`, LayerNorm with bias, untied
-embeddings) is kept for the bring-your-own-model test."""
+"""The families most tests run on."""
+OTHER_FAMILIES = ("gpt_neox", "opt")
+"""Families laid out otherwise: GPT-NeoX (layers at `gpt_neox.layers`, LayerNorm with bias, untied
+embeddings; the bring-your-own-model test builds a workspace for it) and OPT (layers at
+`model.decoder.layers`, found by the hooks' fallback)."""
 
 
 def tiny_config(family: str, vocab_size: int, n_layers: int = 4) -> PretrainedConfig:
@@ -49,6 +54,9 @@ def tiny_config(family: str, vocab_size: int, n_layers: int = 4) -> PretrainedCo
     if family == "gpt_neox":
         del common["num_key_value_heads"], common["tie_word_embeddings"]
         return GPTNeoXConfig(**common)
+    if family == "opt":
+        del common["num_key_value_heads"], common["intermediate_size"]
+        return OPTConfig(**common, ffn_dim=128, word_embed_proj_dim=64)
     raise ValueError(family)
 
 
@@ -62,6 +70,7 @@ def tiny_model(
         "gemma2": Gemma2ForCausalLM,
         "phi3": Phi3ForCausalLM,
         "gpt_neox": GPTNeoXForCausalLM,
+        "opt": OPTForCausalLM,
     }
     torch.manual_seed(seed)
     model = classes[family](tiny_config(family, vocab_size, n_layers))

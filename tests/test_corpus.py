@@ -171,7 +171,9 @@ def test_text_rows_from_a_dataset_file(tiny: LoadedModel, tmp_path: Path) -> Non
     config = replace(SMALL, text_dataset=str(data), text_tokens=10_000)
     corpus = build_corpus(tiny, config, [], tmp_path / "corpus")
     assert corpus.manifest["text"]["dataset"] == str(data) and corpus.manifest["text"]["documents"] == 4
-    text = "".join(tiny.tokenizer.decode(row[row != tiny.tokenizer.pad_token_id]) for row in corpus.input_ids)
+    text = "".join(
+        str(tiny.tokenizer.decode(row[row != tiny.tokenizer.pad_token_id])) for row in corpus.input_ids
+    )
     assert all(w in text for w in words)
     assert config.to_dict()["text_dataset"] == str(data) and "text_dataset" not in SMALL.to_dict()
     with pytest.raises(CorpusError, match="could not read the text dataset 'no-such/dataset-here'"):

@@ -14,7 +14,8 @@ from explorer.core.hooks import (
     parse_hook_name,
     run_to,
 )
-from tests.helpers import FAMILIES, tiny_model
+from explorer.latents.effects import final_norm_scale
+from tests.helpers import FAMILIES, OTHER_FAMILIES, tiny_model
 
 
 def _inputs(vocab: int, batch: int = 2, pos: int = 9) -> dict[str, torch.Tensor]:
@@ -37,7 +38,7 @@ def _baseline_hooks(model: torch.nn.Module) -> int:
     return _hook_count(model)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES + OTHER_FAMILIES)
 def test_reads_equal_output_hidden_states(family: str) -> None:
     model = tiny_model(family, vocab_size=512)
     hooks_before = _baseline_hooks(model)
@@ -53,7 +54,7 @@ def test_reads_equal_output_hidden_states(family: str) -> None:
     assert _hook_count(model) == hooks_before
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES + OTHER_FAMILIES)
 def test_writes_change_downstream_logits_and_identity_does_not(family: str) -> None:
     model = tiny_model(family, vocab_size=512)
     hooks_before = _baseline_hooks(model)
@@ -62,7 +63,9 @@ def test_writes_change_downstream_logits_and_identity_does_not(family: str) -> N
         base = model(**inputs).logits
         with intervene(model, {"blocks.1.hook_resid_post": lambda act, name: act}):
             same = model(**inputs).logits
-        with intervene(model, {"blocks.1.hook_resid_pre": lambda act, name: act + 3.0}):
+        # not a constant shift: a LayerNorm (GPT-NeoX, OPT) subtracts the mean and would undo it
+        ramp = torch.linspace(0.0, 3.0, model.config.hidden_size)
+        with intervene(model, {"blocks.1.hook_resid_pre": lambda act, name: act + ramp}):
             pre_edited = model(**inputs).logits
         with intervene(model, {"blocks.1.hook_resid_post": lambda act, name: act * 0.0}):
             post_edited = model(**inputs).logits
@@ -149,3 +152,21 @@ def test_hook_names_cover_every_layer_in_forward_order() -> None:
     assert len(names) == 6
     depths = [parse_hook_name(n, 3).depth for n in names]
     assert depths == sorted(depths)
+
+
+@pytest.mark.parametrize(
+    ("family", "path"),
+    [
+        ("llama", "model.norm"),
+        ("gemma2", "model.norm"),
+        ("gpt_neox", "gpt_neox.final_layer_norm"),
+        ("opt", "model.decoder.final_layer_norm"),
+    ],
+)
+def test_logit_effects_use_each_familys_final_norm(family: str, path: str) -> None:
+    model = tiny_model(family, vocab_size=512)
+    weight = model.get_submodule(path).get_parameter("weight")
+    with torch.no_grad():
+        weight.copy_(torch.linspace(0.5, 2.0, model.config.hidden_size))
+    expected = weight.detach() + (1 if family == "gemma2" else 0)  # Gemma's RMSNorm scales by 1 + w
+    torch.testing.assert_close(final_norm_scale(model), expected)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -56,14 +58,15 @@ def small_table() -> LatentTable:
 
 
 def test_rows_equal_the_cache_arrays(cache: LatentCache, table: LatentTable) -> None:
-    assert table.latent == list(range(cache.d_sae))
+    assert table.latent.tolist() == list(range(cache.d_sae))
     assert table.refusal_cos == pytest.approx(cache.column("refusal_cos").tolist())
     assert table.attribution == pytest.approx(cache.column("attribution")[:, 0].tolist())
     post = cache.column("post_mean")
     assert table.post_diff == pytest.approx((post[:, 0] - post[:, 1]).tolist())
     assert table.density == pytest.approx(cache.column("density").tolist())
     assert table.max == pytest.approx(cache.column("max").tolist())
-    assert table.label == [cache.latent(i).label for i in range(cache.d_sae)]
+    assert table.label.tolist() == [cache.latent(i).label for i in range(cache.d_sae)]
+    assert table.label.tolist() == cache.labels()
 
 
 def test_token_columns_match_each_latents_record(cache: LatentCache, table: LatentTable) -> None:
@@ -88,26 +91,26 @@ def test_token_columns_match_each_latents_record(cache: LatentCache, table: Late
 
 
 def test_hide_dead_and_dense(table: LatentTable) -> None:
-    assert filter_rows(small_table(), hide_dead=True) == [0, 2, 3, 4]
-    assert filter_rows(small_table(), hide_dense=True) == [0, 1, 2, 4]
-    assert filter_rows(small_table(), hide_dense=True, dense_threshold=0.03) == [0, 1, 4]
+    assert filter_rows(small_table(), hide_dead=True).tolist() == [0, 2, 3, 4]
+    assert filter_rows(small_table(), hide_dense=True).tolist() == [0, 1, 2, 4]
+    assert filter_rows(small_table(), hide_dense=True, dense_threshold=0.03).tolist() == [0, 1, 4]
     alive = filter_rows(table, hide_dead=True)
-    assert alive == [i for i, d in enumerate(table.density) if d > 0]
+    assert alive.tolist() == [i for i, d in enumerate(table.density) if d > 0]
     assert len(alive) < len(table)  # the tiny SAE has dead latents, so the filter is exercised
 
 
 def test_ranges_are_inclusive_open_ended_and_drop_nan() -> None:
     t = small_table()
-    assert filter_rows(t, ranges={"refusal_cos": (-0.2, 0.3)}) == [0, 2, 3]
-    assert filter_rows(t, ranges={"refusal_cos": (None, 0.0)}) == [1, 3]
-    assert filter_rows(t, ranges={"refusal_cos": (None, None)}) == [0, 1, 2, 3]
-    assert filter_rows(t, ranges={"attribution": (0.5, None), "max": (None, 1.0)}) == [0, 4]
-    assert filter_rows(t, ranges={"density": (0.02, 0.05)}, hide_dead=True) == [2, 4]
+    assert filter_rows(t, ranges={"refusal_cos": (-0.2, 0.3)}).tolist() == [0, 2, 3]
+    assert filter_rows(t, ranges={"refusal_cos": (None, 0.0)}).tolist() == [1, 3]
+    assert filter_rows(t, ranges={"refusal_cos": (None, None)}).tolist() == [0, 1, 2, 3]
+    assert filter_rows(t, ranges={"attribution": (0.5, None), "max": (None, 1.0)}).tolist() == [0, 4]
+    assert filter_rows(t, ranges={"density": (0.02, 0.05)}, hide_dead=True).tolist() == [2, 4]
 
 
 def test_range_on_a_missing_column_is_an_error() -> None:
     t = small_table()
-    no_refusal = LatentTable(**{**t.__dict__, "refusal_cos": None})
+    no_refusal = replace(t, refusal_cos=None)
     assert "refusal_cos" not in no_refusal.numeric_columns()
     with pytest.raises(ValueError, match="refusal_cos"):
         filter_rows(no_refusal, ranges={"refusal_cos": (0.0, None)})
@@ -117,14 +120,14 @@ def test_range_on_a_missing_column_is_an_error() -> None:
 
 def test_search_is_case_insensitive_over_logits_and_snippets() -> None:
     t = small_table()
-    assert filter_rows(t, search="sorry") == [0, 4]
-    assert filter_rows(t, search="  PARIS ") == [2]
-    assert filter_rows(t, search="paris") == [2]  # "Par»is" in the snippet: the marks are ignored
-    assert filter_rows(t, search="bombings") == [4]
-    assert filter_rows(t, search="cat", hide_dense=True) == []
-    assert filter_rows(t, search="lyon") == [2]  # in the label only
-    assert filter_rows(t, search="EXPLOSIVE") == [4]
-    assert filter_rows(t, search="") == [0, 1, 2, 3, 4]
+    assert filter_rows(t, search="sorry").tolist() == [0, 4]
+    assert filter_rows(t, search="  PARIS ").tolist() == [2]
+    assert filter_rows(t, search="paris").tolist() == [2]  # "Par»is" in the snippet: the marks are ignored
+    assert filter_rows(t, search="bombings").tolist() == [4]
+    assert filter_rows(t, search="cat", hide_dense=True).tolist() == []
+    assert filter_rows(t, search="lyon").tolist() == [2]  # in the label only
+    assert filter_rows(t, search="EXPLOSIVE").tolist() == [4]
+    assert filter_rows(t, search="").tolist() == [0, 1, 2, 3, 4]
 
 
 def test_search_finds_real_tokens(table: LatentTable) -> None:
@@ -137,10 +140,10 @@ def test_search_finds_real_tokens(table: LatentTable) -> None:
 def test_sort_orders() -> None:
     t = small_table()
     rows = [0, 1, 2, 3, 4]
-    assert sort_rows(t, rows, "refusal_cos") == [2, 0, 3, 1, 4]
-    assert sort_rows(t, rows, "refusal_cos", "ascending") == [1, 3, 0, 2, 4]
-    assert sort_rows(t, rows, "refusal_cos", "magnitude") == [1, 2, 3, 0, 4]
-    assert sort_rows(t, [4, 2, 0], "attribution") == [0, 4, 2]
+    assert sort_rows(t, rows, "refusal_cos").tolist() == [2, 0, 3, 1, 4]
+    assert sort_rows(t, rows, "refusal_cos", "ascending").tolist() == [1, 3, 0, 2, 4]
+    assert sort_rows(t, rows, "refusal_cos", "magnitude").tolist() == [1, 2, 3, 0, 4]
+    assert sort_rows(t, [4, 2, 0], "attribution").tolist() == [0, 4, 2]
     with pytest.raises(ValueError, match="sideways"):
         sort_rows(t, rows, "refusal_cos", "sideways")  # pyright: ignore[reportArgumentType]
 
@@ -160,5 +163,49 @@ def test_display_columns_follow_rows_and_skip_missing() -> None:
     assert list(shown) == list(COLUMN_TITLES.values())
     assert shown["latent"] == [3, 0]
     assert shown[COLUMN_TITLES["snippet"]] == ["«the» cat", "I «can»not"]
-    no_attribution = LatentTable(**{**t.__dict__, "attribution": None})
+    no_attribution = replace(t, attribution=None)
     assert COLUMN_TITLES["attribution"] not in display_columns(no_attribution, [0])
+
+
+def reference_rows(table: LatentTable, search: str, column: str, order: str) -> list[int]:
+    """Row-by-row filtering and sorting as documented: the vectorised functions must agree with it."""
+    needle = search.strip().lower()
+
+    def matches(i: int) -> bool:
+        snippet = table.snippet[i].replace(FOCUS_OPEN, "").replace(FOCUS_CLOSE, "")
+        return any(needle in text.lower() for text in (table.label[i], table.top_logits[i], snippet))
+
+    values = table.values(column)
+    rows = [i for i in range(len(table)) if table.density[i] > 0 and (not needle or matches(i))]
+
+    def key(i: int) -> tuple[bool, float]:
+        v = float(values[i])
+        if math.isnan(v):
+            return True, 0.0
+        return False, -abs(v) if order == "magnitude" else -v if order == "descending" else v
+
+    return sorted(rows, key=key)
+
+
+@pytest.mark.parametrize("order", ["descending", "ascending", "magnitude"])
+def test_vectorised_filter_search_and_sort_equal_row_by_row(table: LatentTable, order: str) -> None:
+    words = [w for w in " ".join(table.top_logits[:50].tolist()).lower().split() if w.isalpha()][:5]
+    for search in ["", *words, "the", "«", "no-such-token-zz"]:
+        for column in table.numeric_columns():
+            rows = sort_rows(table, filter_rows(table, hide_dead=True, search=search), column, order)  # pyright: ignore[reportArgumentType]
+            assert rows.tolist() == reference_rows(table, search, column, order), (search, column)
+
+
+def test_search_never_matches_across_fields_or_rows() -> None:
+    t = small_table()
+    assert filter_rows(t, search="cannot i").tolist() == []  # end of a logit list + start of a snippet
+    assert filter_rows(t, search="the · a" + "\x00").tolist() == []
+    assert filter_rows(t, search="cat fires").tolist() == []  # end of row 3 + start of row 4
+    assert filter_rows(t, search="the · a").tolist() == [3]
+
+
+def test_labels_and_snippets_are_built_without_row_loops(cache: LatentCache, table: LatentTable) -> None:
+    """Built column-wise, the text columns equal the reader's own per-latent rendering."""
+    assert table.label.tolist() == cache.labels()
+    assert isinstance(table.snippet, np.ndarray) and table.snippet.dtype == object
+    assert len(display_columns(table, np.arange(3))["latent"]) == 3

@@ -315,3 +315,40 @@ def test_nearest_latent_buttons_open_the_neighbour(
     assert app.number_input[0].value == neighbour
     assert app.query_params[Q_LATENT] == str(neighbour)
     assert app.session_state[SAE_HOOK] == hook
+
+
+def test_the_table_sends_one_page_and_a_selection_opens_that_pages_latent(
+    monkeypatch: pytest.MonkeyPatch, app_cache: Path, tiny_dir: Path, main: tuple[str, LatentCache]
+) -> None:
+    _, cache = main
+    density, cos = cache.column("density"), cache.column("refusal_cos")
+    alive = (density > 0).nonzero()[:, 0]
+    ordered = alive[cos[alive].argsort(descending=True, stable=True)].tolist()
+    assert len(ordered) > 50
+    app = open_page(monkeypatch, app_cache, tiny_dir, LATENTS)
+    next(s for s in app.selectbox if s.label == "Rows per page").set_value(25).run()
+    assert table_of(app)[LATENT_COL].tolist() == ordered[:25]  # only the first page goes to the browser
+    page = next(n for n in app.number_input if n.label == "Page")
+    n_pages = -(-len(ordered) // 25)
+    assert page.max == n_pages
+    page.set_value(2).run()
+    assert table_of(app)[LATENT_COL].tolist() == ordered[25:50]
+    assert any(c.value.startswith(f"Page 2 of {n_pages}: rows 26–50") for c in app.caption), [
+        c.value for c in app.caption
+    ]
+
+    app.session_state["latents_table"] = {"selection": {"rows": [1], "columns": [], "cells": []}}
+    app.run()
+    assert shown_latent(app) == ordered[26]
+
+
+def test_a_new_search_or_order_goes_back_to_the_first_page(
+    monkeypatch: pytest.MonkeyPatch, app_cache: Path, tiny_dir: Path
+) -> None:
+    app = open_page(monkeypatch, app_cache, tiny_dir, LATENTS)
+    next(s for s in app.selectbox if s.label == "Rows per page").set_value(25).run()
+    next(n for n in app.number_input if n.label == "Page").set_value(3).run()
+    assert len(table_of(app)) <= 25
+    next(r for r in app.radio if r.label == "Order").set_value("ascending").run()
+    assert next(n for n in app.number_input if n.label == "Page").value == 1
+    assert len(table_of(app)) == 25

@@ -115,5 +115,7 @@ def main_hook(model: str) -> str:
         except (SAEError, KeyError):
             main = None
     if main is None:
-        raise ValueError(f"no main SAE known for {model}; pass --hook")
+        raise ValueError(
+            f"no --hook given and no main SAE known for {model}: pass --hook or build a workspace"
+        )
     return main

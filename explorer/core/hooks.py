@@ -55,7 +55,8 @@ class HookPoint:
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The list of decoder blocks of a Llama/Gemma/Qwen/Phi/Mistral-style (or GPT-2/NeoX) model."""
+    """The list of decoder blocks of a Llama/Gemma/Qwen/Phi/Mistral-style (or GPT-2/NeoX) model, else of
+    any model whose config names its number of layers (OPT, MPT, ...)."""
     for path in _LAYER_PATHS:
         module: Any = model
         for attr in path.split("."):
@@ -64,8 +65,13 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
                 break
         if isinstance(module, nn.ModuleList):
             return module
+    n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    for _name, module in model.named_modules():  # any other family: the list of its n_layers blocks
+        if isinstance(module, nn.ModuleList) and n_layers and len(module) == n_layers:
+            return module
     raise HookError(
-        f"cannot find decoder layers on {type(model).__name__} (looked for {', '.join(_LAYER_PATHS)})"
+        f"cannot find decoder layers on {type(model).__name__} (looked for {', '.join(_LAYER_PATHS)} and "
+        "for a module list as long as config.num_hidden_layers)"
     )
 
 

@@ -19,6 +19,7 @@ from explorer.core.models import ORGANISM_NAME, LoadedModel, load_model, model_f
 from explorer.core.paths import cache_dir, write_json_atomic
 from explorer.core.prompts import builtin_prompts
 from explorer.latents.attribution import latent_attributions
+from explorer.latents.budget import encode_batch_tokens
 from explorer.latents.builder import (
     accumulate,
     base_manifest,
@@ -245,7 +246,7 @@ def merge_sae_cache(
             if stored
             else model_batches(loaded, corpus, sae.hook, rows & cache_rows(corpus))
         )
-        return encode_codes(sae, batches, corpus.input_ids.shape[1], config.batch_tokens)
+        return encode_codes(sae, batches, corpus.input_ids.shape[1], encode_batch_tokens(sae.d_sae, config))
 
     arrays = finalize(acc, means, sae, loaded, refusal, config, corpus, codes, attributions.get(sae.hook))
     seconds = {"merge": time.perf_counter() - start}

@@ -35,15 +35,15 @@ from explorer import __version__
 from explorer.core.hooks import run_to
 from explorer.core.models import LoadedModel, model_fingerprint
 from explorer.core.paths import atomic_directory, write_json_atomic
+from explorer.latents.budget import MEMORY_BUDGET, encode_batch_tokens
 from explorer.latents.context import Batch, Codes, CodeSpill, gather_context, request_starts
-from explorer.latents.effects import direction_cosines, logit_effects, nearest_latents
-from explorer.latents.groups import quantile_groups
-from explorer.latents.labels import characteristic_tokens, token_frequencies
+from explorer.latents.effects import direction_cosines, logit_effects, nearest_latents, sae_device
+from explorer.latents.finalize import latent_statistics
+from explorer.latents.labels import token_frequencies
 from explorer.latents.schema import (
     ARRAYS_FILE,
     LABELS,
     MANIFEST_FILE,
-    QUANTILES,
     SCHEMA_VERSION,
     TOKENS_FILE,
     VOCAB_FILE,
@@ -77,15 +77,27 @@ def cache_rows(corpus: Corpus) -> torch.Tensor:
 class LabelMeans:
     """Harmful and harmless mean activation per latent, over the prompt and its post-instruction tail."""
 
-    def __init__(self, corpus: Corpus, d_sae: int, n_post: int):
+    def __init__(self, corpus: Corpus, d_sae: int, n_post: int, device: torch.device | str = "cpu"):
         seqs = corpus.sequences
-        self.label = torch.tensor([LABELS.index(s.label) if s.label in LABELS else -1 for s in seqs])
-        self.n_prompt = torch.tensor([s.n_prompt for s in seqs])
+        label = [LABELS.index(s.label) if s.label in LABELS else -1 for s in seqs]
+        self.label = torch.tensor(label, device=device)
+        self.n_prompt = torch.tensor([s.n_prompt for s in seqs], device=device)
         self.n_post = n_post
-        self.sums = torch.zeros(2, 2, d_sae, dtype=torch.float64)  # [prompt | post, label, latent]
-        self.counts = torch.zeros(2, 2, dtype=torch.long)
+        self.sums = torch.zeros(
+            2, 2, d_sae, dtype=torch.float64, device=device
+        )  # [prompt | post, label, latent]
+        self.counts = torch.zeros(2, 2, dtype=torch.long, device=device)
 
-    def update(self, acts: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor) -> None:
+    def update(
+        self,
+        rows: torch.Tensor,
+        pos: torch.Tensor,
+        token: torch.Tensor,
+        latents: torch.Tensor,
+        values: torch.Tensor,
+    ) -> None:
+        """Add a batch of tokens ([n] rows and positions) given by their non-zero activations only:
+        parallel lists of the entry's token (index into `rows`), latent and value."""
         label, n_prompt = self.label[rows], self.n_prompt[rows]
         in_prompt = (label >= 0) & (pos < n_prompt)
         post = in_prompt & (pos >= n_prompt - self.n_post)
@@ -93,7 +105,8 @@ class LabelMeans:
             for lab in range(2):
                 sel = where & (label == lab)
                 if sel.any():
-                    self.sums[scope, lab] += acts[sel].double().sum(0)
+                    entries = sel[token]
+                    self.sums[scope, lab].index_add_(0, latents[entries], values[entries].double())
                     self.counts[scope, lab] += int(sel.sum())
 
     def means(self) -> torch.Tensor:
@@ -106,8 +119,8 @@ class LabelMeans:
             raise ValueError(
                 f"label means of shape {tuple(other.sums.shape)} cannot merge into {tuple(self.sums.shape)}"
             )
-        self.sums += other.sums
-        self.counts += other.counts
+        self.sums += other.sums.to(self.sums.device)
+        self.counts += other.counts.to(self.counts.device)
 
 
 @torch.no_grad()
@@ -117,29 +130,37 @@ def accumulate(
     corpus: Corpus,
     config: CacheConfig,
     codes: CodeSpill | None = None,
+    budget: int = MEMORY_BUDGET,
 ) -> tuple[LatentAccumulator, LabelMeans]:
-    """Encode activations batch by batch and fold them into the accumulators.
+    """Encode activations batch by batch and fold them into the accumulators, on the SAE's device.
 
     Args:
         batches: iterable of (acts [n, d_model], row [n], pos [n]) from the stored shards or the model.
         codes: where to keep the non-zero activations for the context pass (None: not kept).
+        budget: working bytes: a batch's dense [tokens, d_sae] activations stay within it
+            (`encode_batch_tokens`); only its non-zero entries are kept.
     """
+    device = sae_device(sae)
     width = corpus.input_ids.shape[1]
-    acc = LatentAccumulator(sae.d_sae, config.k, config.samples_per_bin, config.seed, row_width=width)
-    means = LabelMeans(corpus, sae.d_sae, config.n_post_instruction)
+    acc = LatentAccumulator(
+        sae.d_sae, config.k, config.samples_per_bin, config.seed, row_width=width, device=device
+    )
+    means = LabelMeans(corpus, sae.d_sae, config.n_post_instruction, device=device)
     module = sae.sae
+    step = encode_batch_tokens(sae.d_sae, config, budget)
     for acts, row, pos in batches:
-        for i in range(0, len(acts), config.batch_tokens):
-            x = acts[i : i + config.batch_tokens].to(module.device, module.dtype)
-            r, p = row[i : i + config.batch_tokens].long(), pos[i : i + config.batch_tokens].long()
-            f = module.encode(x).float().cpu()
-            where = (f > 0).nonzero()
-            latents, tokens = where[:, 1], (r * width + p)[where[:, 0]]
-            values = f[where[:, 0], where[:, 1]]
-            acc.update_sparse(latents, tokens, values, n_tokens=len(f))
-            means.update(f, r, p)
+        for i in range(0, len(acts), step):
+            x = acts[i : i + step].to(device, module.dtype)
+            r, p = row[i : i + step].to(device).long(), pos[i : i + step].to(device).long()
+            f = module.encode(x)
+            token, latents = (f > 0).nonzero(as_tuple=True)
+            values = f[token, latents].float()
+            del f  # the dense batch: only its non-zero entries go on
+            tokens = (r * width + p)[token]
+            acc.update_sparse(latents, tokens, values, n_tokens=len(x))
+            means.update(r, p, token, latents, values)
             if codes is not None:
-                codes.write(tokens, latents, values)
+                codes.write(tokens.cpu(), latents.cpu(), values.cpu())
     return acc, means
 
 
@@ -188,22 +209,6 @@ def model_batches(
         yield acts[keep.to(acts.device)], torch.tensor(chunk)[where[:, 0]], where[:, 1]
 
 
-def quantiles_from_histogram(hist: torch.Tensor, edges: torch.Tensor, qs: tuple[float, ...]) -> torch.Tensor:
-    """[d_sae, len(qs)] quantiles of each latent's non-zero activations, read off its log-grid histogram.
-
-    Each is the geometric centre of the bin holding the quantile, so within half a bin (about 3% at 40
-    bins per decade) of the exact value; 0 for a latent that never fires.
-    """
-    cumulative = hist.double().cumsum(1)
-    total = cumulative[:, -1:]
-    centres = (edges[:-1] * edges[1:]).sqrt()
-    out = torch.zeros(hist.shape[0], len(qs))
-    for j, q in enumerate(qs):
-        index = (cumulative < q * total).sum(1).clamp(max=hist.shape[1] - 1)
-        out[:, j] = torch.where(total[:, 0] > 0, centres[index], 0.0).float()
-    return out
-
-
 def finalize(
     acc: LatentAccumulator,
     means: LabelMeans,
@@ -214,56 +219,50 @@ def finalize(
     corpus: Corpus,
     codes: Callable[[torch.Tensor], Iterable[Codes]],
     attribution: dict[str, torch.Tensor] | None = None,
+    budget: int = MEMORY_BUDGET,
 ) -> dict[str, torch.Tensor]:
     """Turn accumulators into the per-latent arrays stored in `latents.safetensors`.
+
+    The work runs on the SAE's device in chunks of latents within `budget` working bytes (the
+    accumulators are moved there first); the arrays come back on the CPU, ready to save.
 
     Args:
         codes: given the [n_rows] rows holding examples, the SAE's non-zero activations on (at least)
             those rows, for the examples' windows.
         attribution: optional label ("harmful", "harmless") -> [d_sae] attribution on the refusal score.
     """
-    count = acc.count.clamp_min(1)
-    mean_active = (acc.sum / count).float()
-    var = (acc.sum_sq / count - (acc.sum / count) ** 2).clamp_min(0)
-    groups = quantile_groups(acc, config.n_groups, config.examples_per_group)
-    top_ids, top_logits, bottom_ids, bottom_logits = logit_effects(sae, loaded.model)
-    near_ids, near_cos = nearest_latents(sae)
-    label_means = means.means()
+    device = sae_device(sae)
+    acc = acc.to(device)
     frequencies = token_frequencies(
         corpus.input_ids, corpus.mask & cache_rows(corpus)[:, None], len(loaded.tokenizer)
     )
-    arrays = {
-        "top_values": acc.top_values.clamp_min(0),  # -inf marks a missing example; stored as 0 with token -1
-        "top_tokens": acc.top_tokens,
-        "count": acc.count,
-        "density": acc.count.double() / max(acc.n_tokens, 1),
-        "max": acc.max,
-        "mean_active": mean_active,
-        "std_active": var.sqrt().float(),
-        "quantiles": quantiles_from_histogram(acc.hist, acc.grid.edges(), QUANTILES),
-        "hist": acc.hist.int(),
-        **groups,
-        "label_fires_ids": characteristic_tokens(acc, corpus.input_ids, frequencies),
+    arrays = latent_statistics(acc, config, corpus.input_ids, frequencies, budget)
+    top_ids, top_logits, bottom_ids, bottom_logits = logit_effects(sae, loaded.model, budget=budget)
+    near_ids, near_cos = nearest_latents(sae, budget=budget)
+    label_means = means.means().to(device)
+    arrays |= {
         "logit_top_ids": top_ids,
         "logit_top": top_logits,
         "logit_bottom_ids": bottom_ids,
         "logit_bottom": bottom_logits,
         "nearest_ids": near_ids,
         "nearest_cos": near_cos,
-        "prompt_mean": label_means[0].T.contiguous(),  # [d_sae, 2 (harmful, harmless)]
-        "post_mean": label_means[1].T.contiguous(),
+        "prompt_mean": label_means[0].T,  # [d_sae, 2 (harmful, harmless)]
+        "post_mean": label_means[1].T,
     }
-    examples = torch.cat([acc.top_tokens, groups["group_tokens"].flatten(1)], dim=1)
+    if refusal is not None:
+        per_layer = refusal.directions[:, refusal.position]  # [n_locations, d_model]
+        arrays["refusal_cos_layers"] = direction_cosines(sae, per_layer, budget)
+        arrays["refusal_cos"] = arrays["refusal_cos_layers"][
+            :, refusal_location_index(sae.hook, loaded.n_layers)
+        ]
+    arrays = {k: v.cpu().contiguous() for k, v in arrays.items()}
+    examples = torch.cat([arrays["top_tokens"], arrays["group_tokens"].flatten(1)], dim=1)
     seq_len = corpus.input_ids.shape[1]
     rows = torch.zeros(len(corpus.sequences), dtype=torch.bool)
     rows[torch.unique(examples[examples >= 0] // seq_len)] = True
     lengths, starts = row_lengths(corpus), request_starts(corpus.input_ids, chat_rows(corpus))
     arrays |= gather_context(codes(rows), examples, lengths, starts, seq_len, config)
-    if refusal is not None:
-        per_layer = refusal.directions[:, refusal.position]  # [n_locations, d_model]
-        arrays["refusal_cos_layers"] = direction_cosines(sae, per_layer).contiguous()
-        index = refusal_location_index(sae.hook, loaded.n_layers)
-        arrays["refusal_cos"] = arrays["refusal_cos_layers"][:, index].contiguous()
     if attribution:
         missing = [label for label in LABELS if label not in attribution]
         if missing:
@@ -330,6 +329,8 @@ def build_latent_cache(
     attribution: dict[str, torch.Tensor] | None = None,
     config: CacheConfig | None = None,
     directory: Path | None = None,
+    budget: int = MEMORY_BUDGET,
+    rows: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """Build one SAE's latent cache and write it atomically.
 
@@ -337,13 +338,17 @@ def build_latent_cache(
         activations: the SAE stage's stored activations (read, no forward pass), or None to run the
             model to the SAE's hook over the corpus.
         attribution: label -> [d_sae] attribution on the refusal score (`explorer.attribution`).
+        budget: working bytes of the pass and the finalize step, besides the accumulators
+            (`explorer.latents.budget`).
+        rows: [n_rows] True for the corpus rows to cover (default and upper bound: `cache_rows`), e.g.
+            the same subset at several SAE widths in a benchmark.
 
     Returns:
         The manifest written beside the arrays.
     """
     config = config or CacheConfig()
     start = time.perf_counter()
-    keep = cache_rows(corpus)
+    keep = cache_rows(corpus) if rows is None else cache_rows(corpus) & rows
     target = directory or latent_cache_dir(loaded.name, sae.name)
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".codes-") as tmp:
@@ -353,10 +358,10 @@ def build_latent_cache(
             else stored_batches(activations, sae.hook, keep)
         )
         spill = CodeSpill(Path(tmp), sae.d_sae)
-        acc, means = accumulate(sae, batches, corpus, config, spill)
+        acc, means = accumulate(sae, batches, corpus, config, spill, budget)
         t_pass = time.perf_counter() - start
         arrays = finalize(
-            acc, means, sae, loaded, refusal, config, corpus, lambda _: spill.read(), attribution
+            acc, means, sae, loaded, refusal, config, corpus, lambda _: spill.read(), attribution, budget
         )
     seconds = time.perf_counter() - start
     manifest = finished_manifest(

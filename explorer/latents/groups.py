@@ -45,7 +45,10 @@ def quantile_groups(acc: LatentAccumulator, n_groups: int, per_group: int) -> di
     counts = sample_bin_counts(acc)
     groups = bin_groups(counts, n_groups)
     per = acc.grid.bins_per_decade // acc.grid.sample_bins_per_decade
-    edges = acc.grid.edges()[::per].float()  # [n_bins + 1]; bin 0 also holds everything below the grid
+    device = acc.hist.device
+    edges = (
+        acc.grid.edges()[::per].float().to(device)
+    )  # [n_bins + 1]; bin 0 also holds everything below the grid
     low_edges, high_edges = edges[:-1].clone(), edges[1:]
     low_edges[0] = 0.0
     total = counts.sum(1).clamp_min(1).double()
@@ -53,13 +56,13 @@ def quantile_groups(acc: LatentAccumulator, n_groups: int, per_group: int) -> di
     values = acc.sample_values.view(d_sae, n_bins, m)
     tokens = acc.sample_tokens.view(d_sae, n_bins, m)
     out = {
-        "group_low": torch.zeros(d_sae, n_groups),
-        "group_high": torch.zeros(d_sae, n_groups),
-        "group_share": torch.zeros(d_sae, n_groups),
-        "group_tokens": torch.full((d_sae, n_groups, per_group), -1, dtype=torch.long),
-        "group_values": torch.zeros(d_sae, n_groups, per_group),
+        "group_low": torch.zeros(d_sae, n_groups, device=device),
+        "group_high": torch.zeros(d_sae, n_groups, device=device),
+        "group_share": torch.zeros(d_sae, n_groups, device=device),
+        "group_tokens": torch.full((d_sae, n_groups, per_group), -1, dtype=torch.long, device=device),
+        "group_values": torch.zeros(d_sae, n_groups, per_group, device=device),
     }
-    bins = torch.arange(n_bins)
+    bins = torch.arange(n_bins, device=device)
     for g in range(n_groups):
         member = groups == g  # [d_sae, n_bins]
         present = member.any(1)

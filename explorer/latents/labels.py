@@ -35,8 +35,12 @@ def characteristic_tokens(
     Args:
         input_ids: [n_rows, seq_len] the corpus rows the accumulator's global token ids point into.
         frequencies: [vocab_size] each token's count over the corpus (`token_frequencies`).
+
+    Runs on the accumulator's device (`input_ids` and `frequencies` are moved there).
     """
     d_sae, n_bins, m = acc.d_sae, acc.grid.n_sample_bins, acc.m
+    device = acc.sample_tokens.device
+    input_ids, frequencies = input_ids.to(device), frequencies.to(device)
     vocab = len(frequencies)
     tokens = acc.sample_tokens.view(d_sae, n_bins, m)
     have = tokens >= 0
@@ -53,10 +57,10 @@ def characteristic_tokens(
     order = order[torch.argsort(key_lat[order], stable=True)]
     key_lat, key_tok, score = key_lat[order], key_tok[order], score[order]
     rank = rank_within_groups(key_lat)
-    best = torch.zeros(d_sae, dtype=torch.float64)
+    best = torch.zeros(d_sae, dtype=torch.float64, device=device)
     best[key_lat[rank == 0]] = score[rank == 0]  # sorted by latent, then score: rank 0 is the best
     keep = (rank < n) & (score >= MIN_SCORE * best[key_lat]) & (score > 0)
-    out = torch.full((d_sae, n), -1, dtype=torch.long)
+    out = torch.full((d_sae, n), -1, dtype=torch.long, device=device)
     out[key_lat[keep], rank[keep]] = key_tok[keep]
     return out
 

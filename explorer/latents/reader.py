@@ -343,6 +343,10 @@ class LatentCache:
         ids, values = self._row(f"{name}_ids", latent).tolist(), self._row(name, latent).tolist()
         return [(self.vocab[i], v) for i, v in zip(ids, values, strict=True)]
 
+    def column_names(self) -> list[str]:
+        """The per-latent arrays this cache holds (refusal and attribution arrays only when built)."""
+        return sorted(self._keys)
+
     def column(self, name: str) -> torch.Tensor:
         """One per-latent array, whole (e.g. "max": [d_sae]).
 

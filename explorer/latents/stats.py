@@ -102,6 +102,7 @@ class LatentAccumulator:
         grid: the shared bin grid.
         row_width: tokens per corpus row (global id = row * row_width + position): the top-k then keeps
             each latent's best token of a row only. None keeps every token.
+        device: where the statistics live (the SAE's device; updates must come on it too).
     """
 
     def __init__(
@@ -112,22 +113,50 @@ class LatentAccumulator:
         seed: int = 0,
         grid: Grid | None = None,
         row_width: int | None = None,
+        device: torch.device | str = "cpu",
     ):
         self.d_sae, self.k, self.m, self.seed = d_sae, k, samples_per_bin, seed
         self.grid = grid or Grid()
         self.row_width = row_width
+        self.device = torch.device(device)
         self.n_tokens = 0
-        self.top_values = torch.full((d_sae, k), -math.inf)
-        self.top_tokens = torch.full((d_sae, k), -1, dtype=torch.long)
-        self.count = torch.zeros(d_sae, dtype=torch.long)
-        self.sum = torch.zeros(d_sae, dtype=torch.float64)
-        self.sum_sq = torch.zeros(d_sae, dtype=torch.float64)
-        self.max = torch.zeros(d_sae)
-        self.hist = torch.zeros(d_sae, self.grid.n_bins, dtype=torch.long)
+        self.top_values = torch.full((d_sae, k), -math.inf, device=self.device)
+        self.top_tokens = torch.full((d_sae, k), -1, dtype=torch.long, device=self.device)
+        self.count = torch.zeros(d_sae, dtype=torch.long, device=self.device)
+        self.sum = torch.zeros(d_sae, dtype=torch.float64, device=self.device)
+        self.sum_sq = torch.zeros(d_sae, dtype=torch.float64, device=self.device)
+        self.max = torch.zeros(d_sae, device=self.device)
+        self.hist = torch.zeros(d_sae, self.grid.n_bins, dtype=torch.long, device=self.device)
         slots = d_sae * self.grid.n_sample_bins
-        self.sample_keys = torch.full((slots, self.m), math.inf, dtype=torch.float64)
-        self.sample_values = torch.zeros(slots, self.m)
-        self.sample_tokens = torch.full((slots, self.m), -1, dtype=torch.long)
+        self.sample_keys = torch.full((slots, self.m), math.inf, dtype=torch.float64, device=self.device)
+        self.sample_values = torch.zeros(slots, self.m, device=self.device)
+        self.sample_tokens = torch.full((slots, self.m), -1, dtype=torch.long, device=self.device)
+
+    def to(self, device: torch.device | str) -> LatentAccumulator:
+        """The accumulator on `device` (itself when it is already there)."""
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        out = LatentAccumulator.__new__(LatentAccumulator)
+        out.__dict__.update(self.__dict__)
+        out.device = device
+        for name, value in self.state().items():
+            if name != "n_tokens":
+                setattr(out, name, value.to(device))
+        return out
+
+    def part(self, lo: int, hi: int) -> LatentAccumulator:
+        """Latents lo..hi-1 as an accumulator of their own, sharing this one's memory (for finalizing in
+        chunks; never update it)."""
+        out = LatentAccumulator.__new__(LatentAccumulator)
+        out.__dict__.update(self.__dict__)
+        out.d_sae = hi - lo
+        for name in ("top_values", "top_tokens", "count", "sum", "sum_sq", "max", "hist"):
+            setattr(out, name, getattr(self, name)[lo:hi])
+        n = self.grid.n_sample_bins
+        for name in ("sample_keys", "sample_values", "sample_tokens"):
+            setattr(out, name, getattr(self, name)[lo * n : hi * n])
+        return out
 
     # [n_tokens, d_sae] activations of one batch, and the global id of each token.
     def update(self, acts: torch.Tensor, tokens: torch.Tensor) -> None:
@@ -136,8 +165,8 @@ class LatentAccumulator:
             raise ValueError(f"activations have {acts.shape[1]} latents, accumulator has {self.d_sae}")
         self.n_tokens += acts.shape[0]
         where = (acts > 0).nonzero()
-        values = acts[where[:, 0], where[:, 1]].float().cpu()
-        self.update_sparse(where[:, 1].cpu(), tokens.cpu()[where[:, 0].cpu()], values, n_tokens=0)
+        values = acts[where[:, 0], where[:, 1]].float()
+        self.update_sparse(where[:, 1], tokens.to(acts.device)[where[:, 0]], values, n_tokens=0)
 
     def update_sparse(
         self, latents: torch.Tensor, tokens: torch.Tensor, values: torch.Tensor, n_tokens: int
@@ -151,7 +180,7 @@ class LatentAccumulator:
         self.count += torch.bincount(latents, minlength=self.d_sae)
         self.sum.index_add_(0, latents, values.double())
         self.sum_sq.index_add_(0, latents, values.double() ** 2)
-        self.max = torch.maximum(self.max, torch.zeros(self.d_sae).scatter_reduce(0, latents, values, "amax"))
+        self.max.scatter_reduce_(0, latents, values, "amax")  # max starts at 0 and values are positive
         bins = self.grid.bin_of(values)
         self.hist.view(-1).index_add_(0, latents * self.grid.n_bins + bins, torch.ones_like(latents))
         self._update_top(latents, tokens, values)
@@ -180,12 +209,15 @@ class LatentAccumulator:
             lat, tok, val = lat[~repeat], tok[~repeat], val[~repeat]
         rank = rank_within_groups(lat)
         keep = rank < self.k
-        new_values = torch.full((self.d_sae, self.k), -math.inf)
-        new_tokens = torch.full((self.d_sae, self.k), -1, dtype=torch.long)
-        new_values[lat[keep], rank[keep]] = val[keep]
-        new_tokens[lat[keep], rank[keep]] = tok[keep]
-        self.top_values, self.top_tokens = _merge_top(
-            self.top_values, self.top_tokens, new_values, new_tokens, self.k, self.row_width
+        lat, tok, val, rank = lat[keep], tok[keep], val[keep], rank[keep]
+        # Only the latents this batch touched are merged: at a real width a batch touches a fraction.
+        touched, row = torch.unique(lat, return_inverse=True)
+        new_values = torch.full((len(touched), self.k), -math.inf, device=self.device)
+        new_tokens = torch.full((len(touched), self.k), -1, dtype=torch.long, device=self.device)
+        new_values[row, rank] = val
+        new_tokens[row, rank] = tok
+        self.top_values[touched], self.top_tokens[touched] = _merge_top(
+            self.top_values[touched], self.top_tokens[touched], new_values, new_tokens, self.k, self.row_width
         )
 
     def _update_samples(
@@ -204,9 +236,9 @@ class LatentAccumulator:
         grp, key, tok, val, rank = grp[keep], key[keep], tok[keep], val[keep], rank[keep]
         # Only the (latent, bin) slots this batch touched are merged: a batch touches a few percent of them.
         slots, row = torch.unique(grp, return_inverse=True)
-        new_keys = torch.full((len(slots), self.m), math.inf, dtype=torch.float64)
-        new_values = torch.zeros(len(slots), self.m)
-        new_tokens = torch.full((len(slots), self.m), -1, dtype=torch.long)
+        new_keys = torch.full((len(slots), self.m), math.inf, dtype=torch.float64, device=self.device)
+        new_values = torch.zeros(len(slots), self.m, device=self.device)
+        new_tokens = torch.full((len(slots), self.m), -1, dtype=torch.long, device=self.device)
         new_keys[row, rank], new_values[row, rank], new_tokens[row, rank] = key, val, tok
         self._merge_samples(new_keys, new_values, new_tokens, slots)
 
@@ -275,7 +307,7 @@ class LatentAccumulator:
         cls, state: dict[str, torch.Tensor], seed: int, grid: Grid | None = None, row_width: int | None = None
     ) -> LatentAccumulator:
         d_sae, k = state["top_values"].shape
-        acc = cls(d_sae, k, state["sample_keys"].shape[1], seed, grid, row_width)
+        acc = cls(d_sae, k, state["sample_keys"].shape[1], seed, grid, row_width, state["top_values"].device)
         if state["hist"].shape[1] != acc.grid.n_bins:
             raise ValueError(f"histogram has {state['hist'].shape[1]} bins, the grid {acc.grid.n_bins}")
         acc.n_tokens = int(state["n_tokens"][0])
@@ -307,7 +339,9 @@ def _merge_top(
     values, tokens = values.gather(1, order), tokens.gather(1, order)
     if row_width is not None:
         # Best first now; a stable sort by row puts each row's best first within its run of equal rows.
-        rows = torch.where(tokens < 0, -1 - torch.arange(tokens.shape[1]), tokens // row_width)
+        rows = torch.where(
+            tokens < 0, -1 - torch.arange(tokens.shape[1], device=tokens.device), tokens // row_width
+        )
         by_row = torch.argsort(rows, dim=1, stable=True)
         sorted_rows = rows.gather(1, by_row)
         repeat = torch.zeros_like(tokens, dtype=torch.bool)

@@ -7,6 +7,7 @@ from itertools import pairwise
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import plotly.graph_objects as go
 
 from explorer.core.hooks import HookError
@@ -19,12 +20,32 @@ DENSITY_FLOOR = 1e-7
 """Dead latents are coloured as if at this density (log scale has no zero)."""
 
 
-def latent_scatter(table: LatentTable, rows: list[int], x: str, y: str) -> go.Figure:
-    """One point per latent in `rows`, `x` against `y`, coloured by log10 density; customdata is the latent
-    (a click on a point opens it)."""
+MAX_POINTS = 10_000
+"""Above this many latents the scatter shows a sample (a browser draws ~10k WebGL points smoothly, and the
+figure sent stays under a megabyte)."""
+HEAD_POINTS = 2_000
+"""A sampled scatter always keeps this many of the first rows in the table's order."""
+
+
+def scatter_sample(rows: npt.NDArray[np.int64], limit: int = MAX_POINTS) -> npt.NDArray[np.int64]:
+    """`rows` if there are at most `limit`, else the first `HEAD_POINTS` rows and an even spread of the
+    rest, `limit` in all (deterministic, so a rerun shows the same points)."""
+    if len(rows) <= limit:
+        return rows
+    head = min(HEAD_POINTS, limit // 2)
+    rest = rows[head:]
+    spread = np.linspace(0, len(rest) - 1, limit - head).round().astype(np.int64)
+    return np.concatenate([rows[:head], rest[spread]])
+
+
+def latent_scatter(table: LatentTable, rows: npt.NDArray[np.int64] | list[int], x: str, y: str) -> go.Figure:
+    """One WebGL point per latent in `rows`, `x` against `y`, coloured by log10 density; customdata is the
+    latent (a click on a point opens it). Above `MAX_POINTS` rows it draws a sample (`scatter_sample`)
+    and its title says so."""
     # numeric numpy arrays: plotly validates and deep-copies lists (and object arrays) element by element,
     # which costs ~100 ms for 4,096 latents
-    index = np.asarray(rows, dtype=np.int64)
+    every = np.asarray(rows, dtype=np.int64)
+    index = scatter_sample(every)
     density = np.asarray(table.density)[index]
     figure = go.Figure(
         go.Scattergl(
@@ -32,9 +53,9 @@ def latent_scatter(table: LatentTable, rows: list[int], x: str, y: str) -> go.Fi
             y=np.asarray(table.values(y))[index],
             mode="markers",
             customdata=np.stack([np.asarray(table.latent)[index], density], axis=1),
-            text=np.asarray(table.top_logits, dtype=str)[index],
+            text=np.asarray(table.top_logits)[index].astype(str),
             marker={
-                "size": 7,
+                "size": 7 if len(index) <= 2_000 else 4,
                 "color": np.log10(np.maximum(density, DENSITY_FLOOR)),
                 "colorscale": "Viridis",
                 "colorbar": {"title": "log10 density"},
@@ -46,11 +67,19 @@ def latent_scatter(table: LatentTable, rows: list[int], x: str, y: str) -> go.Fi
             ),
         )
     )
+    sampled = len(index) < len(every)
     figure.update_layout(
+        title=(
+            f"{len(index):,} of {len(every):,} latents shown: the first {min(HEAD_POINTS, len(index)):,} "
+            "in the table's order and an even spread of the rest"
+            if sampled
+            else None
+        ),
+        title_font_size=13,
         xaxis_title=COLUMN_TITLES[x],
         yaxis_title=COLUMN_TITLES[y],
         height=420,
-        margin=_MARGIN,
+        margin={**_MARGIN, "t": 40} if sampled else _MARGIN,
         clickmode="event+select",
         dragmode="pan",
     )

@@ -12,11 +12,12 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+import numpy as np
 import streamlit as st
 
 from explorer.latents.notes import Label, NotesError, UserNotes, user_db_path
 from explorer.latents.notes_format import MAX_LABEL_CHARS, MAX_NOTE_CHARS, list_format
-from explorer.latents.table import COLUMN_TITLES, LatentTable, filter_rows
+from explorer.latents.table import COLUMN_TITLES, LatentTable, Rows, search_mask
 from explorer.ui.state import add_to_steering
 from explorer.workspace import Workspace
 
@@ -173,26 +174,28 @@ def notes_filter(workspace: Workspace, hook: str, search: str) -> NotesFilter:
         return nothing
 
 
-def narrow_rows(table: LatentTable, rows: list[int], search: str, chosen: NotesFilter) -> list[int]:
+def narrow_rows(table: LatentTable, rows: Rows, search: str, chosen: NotesFilter) -> Rows:
     """The `rows` (table positions) the list and star filters keep and that match `search` in their token
-    text (top logits, top example) or in their note or label."""
-    tokens = set(filter_rows(table, search=search)) if search.strip() else None
-    return [
-        i
-        for i in rows
-        if (chosen.keep is None or table.latent[i] in chosen.keep)
-        and (tokens is None or i in tokens or table.latent[i] in chosen.found)
-    ]
+    text (top logits, top example) or in their note or label (vectorised: one mask per filter)."""
+    latents = table.latent[rows]
+    keep = np.ones(len(rows), dtype=bool)
+    if chosen.keep is not None:
+        keep &= np.isin(latents, np.fromiter(chosen.keep, dtype=np.int64, count=len(chosen.keep)))
+    if search.strip():
+        found = np.fromiter(chosen.found, dtype=np.int64, count=len(chosen.found))
+        keep &= search_mask(table, search)[rows] | np.isin(latents, found)
+    return rows[keep]
 
 
-def notes_columns(
-    table: LatentTable, rows: list[int], chosen: NotesFilter
-) -> dict[str, list[bool] | list[str]]:
+def notes_columns(table: LatentTable, rows: Rows, chosen: NotesFilter) -> dict[str, list[bool] | list[str]]:
     """The chosen rows' "starred" column, and their label column with each stored label (the user's, else
-    the best automatic one) in place of the build's heuristic label."""
+    the best automatic one) in place of the build's heuristic label. Pass one page of rows."""
+    latents, labels = table.latent[rows].tolist(), table.label[rows].tolist()
     return {
-        COLUMN_TITLES["label"]: [chosen.labels.get(table.latent[i]) or table.label[i] for i in rows],
-        "starred": [table.latent[i] in chosen.starred for i in rows],
+        COLUMN_TITLES["label"]: [
+            chosen.labels.get(i) or label for i, label in zip(latents, labels, strict=True)
+        ],
+        "starred": [i in chosen.starred for i in latents],
     }
 
 
