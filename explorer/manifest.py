@@ -130,6 +130,12 @@ def relative(path: Path | str, root: Path | None = None) -> str:
     return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(resolved)
 
 
+def canonical(model: ModelConfig) -> ModelConfig:
+    """The config with a local model path made absolute, so the manifest finds it from any directory."""
+    path = Path(model.spec).expanduser()
+    return replace(model, spec=str(path.resolve())) if path.exists() else model
+
+
 def workspace_name(model_name: str) -> str:
     """A directory-safe workspace name for a model name (hub ids lose their slash)."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "__", model_name).strip("_") or "workspace"

@@ -29,6 +29,7 @@ from explorer.manifest import (
     Manifest,
     SAEEntry,
     WorkspaceError,
+    canonical,
     find_workspace,
     refusal_summary,
     relative,
@@ -214,6 +215,7 @@ def build_workspace(
     """
     if not request.saes:
         raise ValueError("give at least one SAE (--sae DIR or release:sae_id)")
+    request = replace(request, model=canonical(request.model))
     session = _Session(request)
     session.saes  # load and check every SAE before hours of work  # noqa: B018
     name = workspace_name(session.loaded.name)
@@ -272,6 +274,7 @@ def register_cache(model: ModelConfig, directory: Path) -> Path:
         model_name, sae = built["model"], built["sae"]
     except (OSError, json.JSONDecodeError, KeyError) as e:
         raise CacheError(f"{directory} holds no finished latent cache ({e})") from e
+    model = canonical(model)
     default = model_name == ORGANISM_NAME
     name = DEFAULT_WORKSPACE if default else workspace_name(model_name)
     try:

@@ -131,8 +131,10 @@ def test_the_fallback_direction_can_be_put_at_a_given_layer(
     byo: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(CACHE_ENV, str(tmp_path))
-    args = ["build", "--model", str(byo["model"]), "--sae", str(byo["sae1"]), "--layer", "3", *SMALL]
+    monkeypatch.chdir(byo["model"].parent)  # a relative model path is stored absolute
+    args = ["build", "--model", byo["model"].name, "--sae", str(byo["sae1"]), "--layer", "3", *SMALL]
     assert main([*args, "--only", "refusal"]) == 0
+    assert find_workspace(str(byo["model"])).model.spec == str(byo["model"].resolve())
     refusal = load_refusal("neox-chat")
     assert (refusal.layer, refusal.location, refusal.validated) == (3, "blocks.3.hook_resid_pre", False)
     assert main([*args[:-2], "--layer", "9", "--only", "refusal"]) == 2
@@ -266,5 +268,8 @@ def test_switching_workspace_forgets_the_other_workspaces_latents(
         assert not app.exception
         assert STEER_CLAMPS not in app.session_state and LATENT not in app.session_state
         assert any("twin" in s.value for s in app.subheader)
+        linked = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+        linked.query_params["workspace"] = "twin"  # a link opens a workspace
+        assert linked.run().sidebar.selectbox[0].value == "twin"
     finally:
         shutil.rmtree(twin.parent)

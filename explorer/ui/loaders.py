@@ -146,7 +146,7 @@ def _manifest_file(manifest: Manifest) -> str:
 
 def workspace_picker() -> str:
     """The sidebar's workspace picker; returns the chosen workspace's key. The choice is kept in the
-    session and in the `workspace` query parameter (so a link can open a workspace)."""
+    session; a link's `workspace` query parameter (a picker label) opens a workspace first."""
     root = cache_dir()
     files = [*(root / WORKSPACES_DIR).glob(f"*/{MANIFEST_FILE}"), root / BUILD_MANIFEST]
     stamp = tuple((str(f), f.stat().st_mtime_ns) for f in files if f.is_file())
