@@ -413,6 +413,9 @@ def test_the_model_defaults_to_the_endpoints_first(fake: FakeLLM) -> None:
 def test_latent_selection(cache: LatentCache) -> None:
     assert select_latents(cache, "top:3") == cache.top_latents("refusal_cos", 3)
     assert select_latents(cache, "top:2", by="density") == cache.top_latents("density", 2)
+    by_cosine = cache.top_latents("refusal_cos", cache.d_sae)
+    firing = [i for i in by_cosine if cache.column("count")[i] > 0]
+    assert cache.top_latents("refusal_cos", 3, active=True) == firing[:3]
     assert select_latents(cache, " 7, 3,7 ") == [7, 3]
     with pytest.raises(CacheError, match=r"out of range: this SAE has latents 0..31"):
         select_latents(cache, "3,32")

@@ -357,14 +357,18 @@ class LatentCache:
             raise CacheError(f"latent cache at {self.directory} has no {name!r}; it has {sorted(self._keys)}")
         return self._arrays.get_tensor(name)
 
-    def top_latents(self, column: str = "refusal_cos", n: int = 10) -> list[int]:
+    def top_latents(self, column: str = "refusal_cos", n: int = 10, *, active: bool = False) -> list[int]:
         """The `n` latents with the highest values of a per-latent column, highest first (by default the
-        latents whose decoder rows are most aligned with the refusal direction).
+        latents whose decoder rows are most aligned with the refusal direction); with `active`, only
+        latents that fired on the cached corpus (a dead latent's max is 0, so "× max" steers nothing).
 
         Raises:
             CacheError: the cache has no such column (e.g. built without a refusal direction).
         """
-        return [int(i) for i in self.column(column).argsort(descending=True, stable=True)[:n]]
+        order = self.column(column).argsort(descending=True, stable=True)
+        if active:
+            order = order[self.column("count")[order] > 0]
+        return [int(i) for i in order[:n]]
 
     def table(self) -> dict[str, list[float]]:
         """Per-latent columns for sorting and filtering the whole SAE (density, max, refusal cosine, ...).

@@ -72,7 +72,14 @@ def direction_step(ws: Workspace) -> None:
     st.markdown(
         "Refusal is mediated by one direction in the residual stream: the difference between the mean "
         f"activations on harmful and harmless prompts, read at **`{refusal.location}`**, position "
-        f"{refusal.position} (`{chosen.get('token', '?')!r}`), chosen as in Arditi et al. (2024)."
+        f"{refusal.position} (`{chosen.get('token', '?')!r}`), "
+        + (
+            "chosen as in Arditi et al. (2024)."
+            if refusal.validated
+            else "**unvalidated**: no candidate passed Arditi et al.'s behavioural filters on this model, so "
+            "the build kept the one that best separates harmful from harmless prompts; the steps below may "
+            "show no refusal at all."
+        )
     )
     cols = st.columns(3)
     cols[0].metric("Induce (harmless, added)", _score(chosen.get("induce")))
@@ -108,7 +115,7 @@ def latents_step(ws: Workspace) -> list[int]:
         )
         return []
     try:
-        top = ws.caches[hook].top_latents("refusal_cos", N_TABLE)
+        top = ws.caches[hook].top_latents("refusal_cos", N_TABLE, active=True)
         summaries = latent_summaries(ws.caches[hook], top)
     except CacheError as e:
         st.info(f"{e}. Build the refusal direction, then the cache (`make build`).")
@@ -116,8 +123,8 @@ def latents_step(ws: Workspace) -> list[int]:
     if not top:
         return []
     st.markdown(
-        f"The latents of the main SAE (`{hook}`) whose decoder rows point most along the refusal "
-        "direction. *Promotes*: the tokens each one pushes up most through the unembedding."
+        f"The latents of the main SAE (`{hook}`) that fire on the corpus and whose decoder rows point most "
+        "along the refusal direction. *Promotes*: the tokens each one pushes up most through the unembedding."
     )
     rows = [
         {
