@@ -4,34 +4,27 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from typing import Any
 
-from explorer.cli.options import emit
+from explorer.cli.options import add_model_args, emit, model_config
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    if args.model in (None, "default"):
+    if args.model == "default":
         if args.sae or args.harmful or args.harmless or args.layer is not None:
             raise ValueError("--sae, --harmful, --harmless and --layer build a workspace: give --model too")
         from explorer.build import build_default
 
         emit(build_default(args.only, force=args.force))
         return 0
-    from explorer.core.models import ModelConfig
     from explorer.latents.schema import CacheConfig
     from explorer.refusal.candidates import RefusalConfig
     from explorer.saes.corpus import CorpusConfig
     from explorer.workspace_build import WorkspaceRequest, build_workspace
 
     request = WorkspaceRequest(
-        ModelConfig(
-            spec=args.model,
-            device=args.device,
-            dtype=args.dtype,
-            device_map=args.device_map,
-            chat_template=args.chat_template,
-            trust_remote_code=args.trust_remote_code,
-        ),
+        replace(model_config(args), trust_remote_code=args.trust_remote_code),
         tuple(args.sae or ()),
         harmful=args.harmful,
         harmless=args.harmless,
@@ -102,20 +95,11 @@ def add_workspace_parsers(sub: Any) -> None:
     )
     p.add_argument("--only", action="append", metavar="STAGE", help="run only this stage (repeatable)")
     p.add_argument("--force", action="store_true", help="rebuild stages even when complete")
-    group = p.add_argument_group("workspace (any model)")
+    add_model_args(p)
+    group = p.add_argument_group("workspace (any model: give --model and --sae)")
     group.add_argument(
-        "--model", help="a model directory, .gguf file or hub id (omit for the offline default)"
+        "--sae", action="append", metavar="SAE", help="an SAELens SAE: directory or release:sae_id (repeat)"
     )
-    group.add_argument(
-        "--sae",
-        action="append",
-        metavar="SAE",
-        help="an SAELens SAE: directory or release:sae_id (repeat)",
-    )
-    group.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default: cpu)")
-    group.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"])
-    group.add_argument("--device-map", choices=["auto"], help="spread a large model over all GPUs")
-    group.add_argument("--chat-template", help="Jinja file replacing the tokenizer's chat template")
     group.add_argument("--trust-remote-code", action="store_true", help="for hub models that need it")
     group.add_argument(
         "--harmful", metavar="FILE", help="harmful prompts (JSONL/CSV) instead of the built-in set"
