@@ -6,11 +6,15 @@ runs the stages of a workspace build (`explorer.workspace_build`).
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from explorer import __version__
@@ -34,6 +38,9 @@ from explorer.refusal.direction import REPORT_FILE, load_refusal, refusal_dir
 
 log = logging.getLogger(__name__)
 BUILD_MANIFEST = "build.json"
+BUILD_STATUS = "build_status.json"
+"""The running (or last) build's live status: `BuildStatus`."""
+BUILD_LOCK = "build.lock"
 
 
 @dataclass(frozen=True)
@@ -128,8 +135,86 @@ def _run_cache(force: bool) -> None:
     build_caches(ORGANISM_NAME)
 
 
-def run_stages(stages: list[Stage], only: list[str] | None, force: bool) -> dict[str, Any]:
+class BuildRunningError(ValueError):
+    """Another build holds the lock (a second `make demo`, another terminal); the message names its pid."""
+
+
+@contextmanager
+def build_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` while a build runs, so two builds never write the same stages.
+
+    The lock is the operating system's (`flock`): a killed build (even `kill -9`) releases it, and the
+    next build resumes.
+
+    Raises:
+        BuildRunningError: another process holds it.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            raise BuildRunningError(
+                f"a build is already running (pid {holder}, lock {path}); wait for it, or stop it"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class BuildStatus:
+    """The state of a running build, in a small JSON file rewritten atomically at every change, for
+    whoever watches the build (a page, a terminal): per stage pending, running, skipped, done or failed,
+    with its time or error."""
+
+    def __init__(self, path: Path | None, stages: list[Stage], only: list[str] | None):
+        self.path = path
+        self.data: dict[str, Any] = {
+            "pid": os.getpid(),
+            "state": "running",
+            "started": _now(),
+            "stages": {
+                s.name: {
+                    "state": "pending" if not only or s.name in only else "not requested",
+                    "title": s.description,
+                }
+                for s in stages
+            },
+        }
+        self._write()
+
+    def stage(self, name: str, state: str, **fields: Any) -> None:
+        self.data["stages"][name] |= {"state": state, **fields, "at": _now()}
+        self._write()
+
+    def finish(self, state: str, error: str | None = None) -> None:
+        self.data |= {"state": state, "finished": _now(), **({"error": error} if error else {})}
+        self._write()
+
+    def _write(self) -> None:
+        if self.path is not None:
+            self.data["updated"] = _now()
+            write_json_atomic(self.path, self.data)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def run_stages(
+    stages: list[Stage], only: list[str] | None, force: bool, status: Path | None = None
+) -> dict[str, Any]:
     """Run the stages in order (or only the named ones), skipping those already complete.
+
+    Args:
+        status: where to keep the build's live status (`BuildStatus`); None keeps none.
 
     Returns:
         Per stage, whether it ran and how long it took.
@@ -138,6 +223,7 @@ def run_stages(stages: list[Stage], only: list[str] | None, force: bool) -> dict
     for name in only or []:
         if name not in known:
             raise ValueError(f"unknown build stage {name!r}; stages are {known}")
+    live = BuildStatus(status, stages, only)
     report: dict[str, Any] = {"explorer": __version__, "stages": {}}
     for stage in stages:
         if only and stage.name not in only:
@@ -145,12 +231,23 @@ def run_stages(stages: list[Stage], only: list[str] | None, force: bool) -> dict
         if stage.is_complete() and not force:
             log.info("stage %s: complete, skipped", stage.name)
             report["stages"][stage.name] = {"ran": False}
+            live.stage(stage.name, "skipped")
             continue
         log.info("stage %s: %s", stage.name, stage.description)
+        live.stage(stage.name, "running")
         start = time.perf_counter()
-        stage.run(force)
-        report["stages"][stage.name] = {"ran": True, "seconds": round(time.perf_counter() - start, 2)}
-    report["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        try:
+            stage.run(force)
+        except BaseException as e:  # recorded for the watcher, then raised as it was
+            error = f"{type(e).__name__}: {e}"
+            live.stage(stage.name, "failed", seconds=round(time.perf_counter() - start, 2), error=error)
+            live.finish("failed", error)
+            raise
+        seconds = round(time.perf_counter() - start, 2)
+        report["stages"][stage.name] = {"ran": True, "seconds": seconds}
+        live.stage(stage.name, "done", seconds=seconds)
+    report["finished"] = _now()
+    live.finish("done")
     return report
 
 
@@ -161,8 +258,9 @@ def build_default(only: list[str] | None = None, *, force: bool = False) -> dict
         The build manifest written to cache/build.json: per stage, whether it ran and how long it took.
         When every stage is complete, the manifest of the workspace `default` is written too.
     """
-    report = run_stages(default_stages(), only, force)
-    write_json_atomic(cache_dir() / BUILD_MANIFEST, report)
-    if all(stage.is_complete() for stage in default_stages()):
-        write_manifest(replace(default_manifest(), stages=report["stages"]))
+    with build_lock(cache_dir() / BUILD_LOCK):
+        report = run_stages(default_stages(), only, force, status=cache_dir() / BUILD_STATUS)
+        write_json_atomic(cache_dir() / BUILD_MANIFEST, report)
+        if all(stage.is_complete() for stage in default_stages()):
+            write_manifest(replace(default_manifest(), stages=report["stages"]))
     return report

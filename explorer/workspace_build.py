@@ -17,7 +17,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from explorer.build import Stage, run_stages
+from explorer.build import BUILD_LOCK, BUILD_STATUS, Stage, build_lock, run_stages
 from explorer.core.models import ORGANISM_NAME, LoadedModel, ModelConfig, load_model, model_fingerprint
 from explorer.core.paths import write_json_atomic
 from explorer.core.prompts import DataError, PromptRecord, builtin_prompts, load_prompt_file, records_hash
@@ -31,6 +31,7 @@ from explorer.manifest import (
     WorkspaceError,
     canonical,
     find_workspace,
+    manifest_path,
     refusal_summary,
     relative,
     workspace_name,
@@ -237,9 +238,11 @@ def build_workspace(
             session.run_caches,
         ),
     ]
-    report = run_stages(stages, only, force)
-    manifest = session.manifest(name, report["stages"])
-    path = write_manifest(manifest)
+    directory = manifest_path(name).parent
+    with build_lock(directory / BUILD_LOCK):
+        report = run_stages(stages, only, force, status=directory / BUILD_STATUS)
+        manifest = session.manifest(name, report["stages"])
+        path = write_manifest(manifest)
     return {**manifest.to_dict(), "path": str(path)}
 
 
