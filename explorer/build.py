@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from explorer.core.models import (
     load_model,
     organism_dir,
 )
-from explorer.core.paths import cache_dir, write_json_atomic
+from explorer.core.paths import cache_dir, utc_now, write_json_atomic
 from explorer.manifest import (
     default_manifest,
     write_manifest,
@@ -179,7 +178,7 @@ class BuildStatus:
         self.data: dict[str, Any] = {
             "pid": os.getpid(),
             "state": "running",
-            "started": _now(),
+            "started": utc_now(),
             "stages": {
                 s.name: {
                     "state": "pending" if not only or s.name in only else "not requested",
@@ -191,21 +190,17 @@ class BuildStatus:
         self._write()
 
     def stage(self, name: str, state: str, **fields: Any) -> None:
-        self.data["stages"][name] |= {"state": state, **fields, "at": _now()}
+        self.data["stages"][name] |= {"state": state, **fields, "at": utc_now()}
         self._write()
 
     def finish(self, state: str, error: str | None = None) -> None:
-        self.data |= {"state": state, "finished": _now(), **({"error": error} if error else {})}
+        self.data |= {"state": state, "finished": utc_now(), **({"error": error} if error else {})}
         self._write()
 
     def _write(self) -> None:
         if self.path is not None:
-            self.data["updated"] = _now()
+            self.data["updated"] = utc_now()
             write_json_atomic(self.path, self.data)
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def run_stages(
@@ -246,7 +241,7 @@ def run_stages(
         seconds = round(time.perf_counter() - start, 2)
         report["stages"][stage.name] = {"ran": True, "seconds": seconds}
         live.stage(stage.name, "done", seconds=seconds)
-    report["finished"] = _now()
+    report["finished"] = utc_now()
     live.finish("done")
     return report
 

@@ -130,6 +130,12 @@ def relative(path: Path | str, root: Path | None = None) -> str:
     return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(resolved)
 
 
+def stored_spec(spec: str) -> str:
+    """An SAE spec as a manifest stores it: a directory relative to the cache root (absolute outside it),
+    a registry id (`release:sae_id`) as is."""
+    return relative(spec) if Path(spec).expanduser().is_dir() else spec
+
+
 def canonical(model: ModelConfig) -> ModelConfig:
     """The config with a local model path made absolute, so the manifest finds it from any directory."""
     path = Path(model.spec).expanduser()

@@ -12,14 +12,13 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from explorer.build import BUILD_LOCK, BUILD_STATUS, Stage, build_lock, run_stages
 from explorer.core.models import ORGANISM_NAME, LoadedModel, ModelConfig, load_model, model_fingerprint
-from explorer.core.paths import write_json_atomic
+from explorer.core.paths import utc_now, write_json_atomic
 from explorer.core.prompts import DataError, PromptRecord, builtin_prompts, load_prompt_file, records_hash
 from explorer.latents.build import build_sae_cache
 from explorer.latents.reader import CacheError, LatentCache
@@ -34,6 +33,7 @@ from explorer.manifest import (
     manifest_path,
     refusal_summary,
     relative,
+    stored_spec,
     workspace_name,
     write_manifest,
 )
@@ -175,7 +175,7 @@ class _Session:
         corpus = self.corpus()
         entries = tuple(
             SAEEntry(
-                relative(sae.source) if Path(sae.source).is_dir() else sae.source,
+                stored_spec(sae.source),
                 sae.hook,
                 sae.name,
                 sae.d_sae,
@@ -196,7 +196,7 @@ class _Session:
                 "path": relative(corpus_dir(self.loaded.name)),
                 **({"fingerprint": corpus.fingerprint(), "tokens": corpus.n_tokens()} if corpus else {}),
             },
-            built=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            built=utc_now(),
             stages=stages,
         )
 
@@ -295,9 +295,8 @@ def register_cache(model: ModelConfig, directory: Path) -> Path:
         )
     if not default and manifest.model.spec != model.spec:
         raise WorkspaceError(f"workspace {name!r} holds {manifest.model.spec}, not {model.spec}")
-    source = str(sae["source"])
     entry = SAEEntry(
-        relative(source) if Path(source).is_dir() else source,
+        stored_spec(str(sae["source"])),
         sae["hook"],
         sae["name"],
         int(sae["d_sae"]),
@@ -305,5 +304,4 @@ def register_cache(model: ModelConfig, directory: Path) -> Path:
         relative(directory),
     )
     saes = (*(e for e in manifest.saes if e.hook != entry.hook), entry)
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    return write_manifest(replace(manifest, saes=saes, main=manifest.main or entry.hook, built=now))
+    return write_manifest(replace(manifest, saes=saes, main=manifest.main or entry.hook, built=utc_now()))

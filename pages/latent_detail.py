@@ -7,13 +7,19 @@ from explorer.ui.latent_data import chosen_latent, latent_picker, sae_picker
 from explorer.ui.latent_widgets import context_controls, examples_section, logit_tables, try_text
 from explorer.ui.loaders import cache_or_stop, workspace_or_stop
 from explorer.ui.notes_widgets import notes_panel
-from explorer.ui.state import ADD_TO_STEERING, add_to_steering, open_latent
+from explorer.ui.state import (
+    ADD_TO_STEERING,
+    DETAIL_LATENT_WIDGET,
+    DETAIL_SAE_WIDGET,
+    add_to_steering,
+    open_latent,
+)
 
 st.title("Latent detail")
 workspace = workspace_or_stop()
 cols = st.columns([3, 1])
 with cols[0]:
-    hook = sae_picker(list(workspace.saes), workspace.main, key="detail_sae")
+    hook = sae_picker(list(workspace.saes), workspace.main, key=DETAIL_SAE_WIDGET)
 hook, cache = cache_or_stop(workspace, hook)
 choice = chosen_latent(cache.d_sae)
 if choice.problem:
@@ -21,7 +27,7 @@ if choice.problem:
 else:
     open_latent(hook, choice.latent)  # keeps the URL a share link of what is shown
 with cols[1]:
-    latent_picker(hook, cache.d_sae, choice.latent, key="detail_latent")
+    latent_picker(hook, cache.d_sae, choice.latent, key=DETAIL_LATENT_WIDGET)
 record = cache.latent(choice.latent)
 peak = record.max
 

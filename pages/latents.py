@@ -21,10 +21,11 @@ from explorer.ui.notes_widgets import (
     notes_filter,
     send_list_button,
 )
+from explorer.ui.state import LATENTS_SAE_WIDGET
 
 st.title("Latents")
 workspace = workspace_or_stop()
-hook = sae_picker(list(workspace.saes), workspace.main, key="latents_sae")
+hook = sae_picker(list(workspace.saes), workspace.main, key=LATENTS_SAE_WIDGET)
 hook, cache = cache_or_stop(workspace, hook)
 table = latent_table(cache)
 numeric = table.numeric_columns()

@@ -93,13 +93,12 @@ def cmd_cache_build(args: argparse.Namespace) -> int:
         loaded, sae = _model_and_sae(args)
         # One process may build the corpus on first use (any stored corpus of the model will do, e.g. its
         # workspace's); a shard job only reads it.
-        if shard:
+        try:
             corpus = _existing_corpus(loaded, args)
-        else:
-            try:
-                corpus = _existing_corpus(loaded, args)
-            except CorpusError:
-                corpus = ensure_corpus(loaded, SAEStageConfig())
+        except CorpusError:
+            if shard:
+                raise
+            corpus = ensure_corpus(loaded, SAEStageConfig())
         result = build_sae_cache(
             loaded,
             sae,

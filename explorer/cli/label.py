@@ -7,12 +7,12 @@ import json
 import logging
 import sys
 from dataclasses import asdict
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from explorer.cli.notes import model_name
 from explorer.cli.options import add_model_args, model_config, open_cache
+from explorer.core.paths import utc_now
 
 if TYPE_CHECKING:
     from explorer.latents.autointerp import LatentTask, RowActivations
@@ -105,7 +105,7 @@ def cmd_label(args: argparse.Namespace) -> int:
             notes.add_labels(auto_labels([result], hook, provider, llm))  # saved as they come
     finally:
         if args.out and results:
-            now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            now = utc_now()
             meta = {"hook": hook, "provider": provider, "model": llm, "prompt_version": PROMPT_VERSION}
             lines = [
                 json.dumps({**meta, "created_at": now, **asdict(r)}, ensure_ascii=False) for r in results

@@ -8,7 +8,6 @@ import json
 import logging
 import re
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, cast, get_args
 
@@ -17,7 +16,7 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from explorer import __version__
-from explorer.core.paths import atomic_directory, models_dir, write_json_atomic
+from explorer.core.paths import atomic_directory, models_dir, utc_now, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +235,7 @@ def ensure_dequantized(gguf: Path, name: str | None = None, *, force: bool = Fal
                 "gguf_bytes": gguf.stat().st_size,
                 "transformers": transformers.__version__,
                 "explorer": __version__,
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "created": utc_now(),
                 **(
                     {"distribution": f"{DEFAULT_DISTRIBUTION}=={DEFAULT_DISTRIBUTION_VERSION}"}
                     if name == DEFAULT_NAME

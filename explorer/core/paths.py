@@ -11,11 +11,17 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 CACHE_ENV = "EXPLORER_CACHE_DIR"
 USER_ENV = "EXPLORER_USER_DIR"
+
+
+def utc_now() -> str:
+    """The time now, UTC, to the second, as build records and user data write it (ISO 8601)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def cache_dir() -> Path:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields, replace
-from datetime import datetime, timezone
 from typing import Any, Literal, Protocol
 
 import torch
@@ -20,6 +19,7 @@ from tqdm.auto import tqdm
 
 from explorer.core.hooks import run_to
 from explorer.core.models import LoadedModel
+from explorer.core.paths import utc_now
 from explorer.latents.autointerp_client import (
     PROMPT_VERSION,
     Messages,
@@ -385,7 +385,7 @@ def label_latents(
 
 def auto_labels(results: Sequence[LatentResult], hook: str, provider: str, model: str) -> list[Label]:
     """The scored results as automatic labels (failed latents get none), dated now."""
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    now = utc_now()
     return [
         Label(hook, r.latent, r.explanation, "auto", provider, model, PROMPT_VERSION, r.score, now)
         for r in results

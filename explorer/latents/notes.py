@@ -13,9 +13,9 @@ import logging
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
-from datetime import datetime, timezone
 from pathlib import Path
 
+from explorer.core.paths import utc_now
 from explorer.latents.notes_format import (
     LABEL_COLUMNS,
     MIGRATIONS,
@@ -44,10 +44,6 @@ from explorer.latents.notes_format import (
 __all__ = ["USER_DB_FILE", "Label", "LatentList", "Note", "NotesError", "UserNotes", "user_db_path"]
 
 log = logging.getLogger(__name__)
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _latents(latents: int | Iterable[int]) -> list[int]:
@@ -150,7 +146,7 @@ class UserNotes:
         """Star a latent; False if it was already starred."""
         key = (check_hook(hook), check_latent(latent))
         with self._transaction(write=True) as con:
-            cursor = con.execute("INSERT OR IGNORE INTO stars VALUES (?, ?, ?)", (*key, _now()))
+            cursor = con.execute("INSERT OR IGNORE INTO stars VALUES (?, ?, ?)", (*key, utc_now()))
             return cursor.rowcount > 0
 
     def unstar(self, hook: str, latent: int) -> bool:
@@ -181,7 +177,7 @@ class UserNotes:
             if not text.strip():
                 con.execute("DELETE FROM notes WHERE hook = ? AND latent = ?", key)
                 return None
-            note = Note(*key, text, _now())
+            note = Note(*key, text, utc_now())
             con.execute("INSERT OR REPLACE INTO notes VALUES (?, ?, ?, ?)", (*key, text, note.updated_at))
             return note
 
@@ -210,7 +206,7 @@ class UserNotes:
             if found is not None and not exist_ok:
                 raise NotesError(f"a list named {name!r} already exists")
             if found is None:
-                con.execute("INSERT INTO lists (name, created_at) VALUES (?, ?)", (name, _now()))
+                con.execute("INSERT INTO lists (name, created_at) VALUES (?, ?)", (name, utc_now()))
         return next(b for b in self.lists() if b.name.casefold() == name.casefold())
 
     def delete_list(self, name: str) -> None:
@@ -322,7 +318,7 @@ class UserNotes:
                 list_id = self._find_list(con, name, must_exist=False)
                 if list_id is None:
                     list_id = con.execute(
-                        "INSERT INTO lists (name, created_at) VALUES (?, ?)", (name, _now())
+                        "INSERT INTO lists (name, created_at) VALUES (?, ?)", (name, utc_now())
                     ).lastrowid
                     created.append(name)
                 n = self._append(con, list_id, refs)
@@ -340,7 +336,7 @@ class UserNotes:
     def add_labels(self, labels: Iterable[Label]) -> int:
         """Store labels in one transaction (an automatic labeller's whole run, say); a label with the same
         latent, source, provider, model and prompt version as a stored one replaces it."""
-        now = _now()
+        now = utc_now()
         rows = [label_row(b, now) for b in labels]
         with self._transaction(write=True) as con:
             con.executemany(

@@ -119,25 +119,25 @@ def workspace_choices(
     if given:
         try:
             manifest = read_manifest(Path(given))
-            choices[f"{manifest.name} ({WORKSPACE_ENV})"] = _manifest_file(manifest)
+            choices[f"{manifest.name} ({WORKSPACE_ENV})"] = _choice_key(manifest)
         except WorkspaceError as e:
             problems.append(str(e))
     spec = os.environ.get(MODEL_ENV)
     if spec:
         try:
             manifest = find_workspace(spec)
-            choices[manifest.name] = _manifest_file(manifest)
+            choices[manifest.name] = _choice_key(manifest)
         except WorkspaceError:
             choices[f"{spec} ({MODEL_ENV})"] = SPEC_KEY + spec
     workspaces, unreadable = list_workspaces()
     for manifest in workspaces:
-        choices.setdefault(manifest.name, _manifest_file(manifest))
+        choices.setdefault(manifest.name, _choice_key(manifest))
     if not choices:
         choices["default"] = SPEC_KEY + "default"
     return choices, problems + unreadable
 
 
-def _manifest_file(manifest: Manifest) -> str:
+def _choice_key(manifest: Manifest) -> str:
     """The picker's key for a workspace: its manifest file, or (for the offline default built before
     builds wrote one) its name, which `find_workspace` derives the manifest for."""
     path = manifest_path(manifest.name, manifest.root)

@@ -60,6 +60,9 @@ INSPECT_WINDOW_WIDGET = "inspector_window"
 INSPECT_COMPARE_WIDGET = "inspector_compare_input"
 DEMO_TOKENS_WIDGET = "demo_new_tokens"
 
+LATENTS_SAE_WIDGET = "latents_sae"
+DETAIL_SAE_WIDGET = "detail_sae"
+DETAIL_LATENT_WIDGET = "detail_latent"
 WORKSPACE_CHOICE = "workspace_choice"
 """The label of the workspace the sidebar's picker chose."""
 PER_WORKSPACE = (
@@ -78,9 +81,9 @@ PER_WORKSPACE = (
     DEMO_RESULTS,
     INSPECT_SAE_WIDGET,
     INSPECT_TOKEN_WIDGET,
-    "latents_sae",
-    "detail_sae",
-    "detail_latent",
+    LATENTS_SAE_WIDGET,
+    DETAIL_SAE_WIDGET,
+    DETAIL_LATENT_WIDGET,
 )
 """Session keys that name a workspace's hooks, latents or results: cleared when the picker switches."""
 
