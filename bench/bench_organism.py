@@ -1,7 +1,8 @@
 """Safety fine-tune cost on the offline default, measured side by side.
 
-Times training steps of the same mixed batch under three choices (LoRA on every layer, LoRA from
-`first_layer` on, full fine-tune of the layers from `first_layer` on) and prints their ratios. With
+Times training steps of the same mixed batch under four choices (LoRA on every layer, LoRA from
+`first_layer` on in float32 and under bfloat16 autocast as the build trains, full fine-tune of the
+layers from `first_layer` on) and prints their ratios. With
 `--full` it also runs the whole organism build into a temporary cache and prints each phase against the
 10-minute budget. Nothing is asserted.
 """
@@ -25,14 +26,17 @@ from explorer.refusal.organism import OrganismConfig, _batches, _encode_pairs, w
 BUDGET_S = 600.0
 
 
-def step_seconds(model: Any, params: list[torch.nn.Parameter], batch, steps: int = 3) -> float:
+def step_seconds(
+    model: Any, params: list[torch.nn.Parameter], batch, steps: int = 3, autocast: bool = False
+) -> float:
     ids, labels, mask, _ = batch
     optimiser = torch.optim.AdamW(params, lr=1e-5)
     times = []
     for _ in range(steps):
         start = time.perf_counter()
-        out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, logits_to_keep=1)
-        loss = weighted_loss(out.hidden_states[-1], labels, model.get_output_embeddings(), 5.0)
+        with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+            out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, logits_to_keep=1)
+            loss = weighted_loss(out.hidden_states[-1], labels, model.get_output_embeddings(), 5.0)
         loss.backward()
         optimiser.step()
         optimiser.zero_grad(set_to_none=True)
@@ -78,7 +82,10 @@ def main() -> None:
             task_type="CAUSAL_LM",
         )
         model = get_peft_model(copy.deepcopy(base.model), lora)  # pyright: ignore[reportArgumentType]
-        results[name] = step_seconds(model, [p for p in model.parameters() if p.requires_grad], batch)
+        params = [p for p in model.parameters() if p.requires_grad]
+        results[name] = step_seconds(model, params, batch)
+        if first_layer == config.first_layer:  # the build's choice, with and without its autocast
+            results[f"{name}, bfloat16 autocast"] = step_seconds(model, params, batch, autocast=True)
     full = copy.deepcopy(base.model)
     for p in full.parameters():
         p.requires_grad_(False)

@@ -16,7 +16,7 @@ st.caption(
     "Five steps through refusal-explorer: the refusal direction, the SAE latents aligned with it, and what "
     "happens when those latents are steered. Each generation runs only when you click its button."
 )
-workspace = workspace_or_stop()
+workspace = workspace_or_stop("demo")
 results: dict[str, Any] = st.session_state.setdefault(DEMO_RESULTS, {})
 
 st.header("1 · The refusal direction")

@@ -13,7 +13,7 @@ st.caption(
     "Sweep a steering strength and measure refusal on harmful prompts, over-refusal on harmless ones and "
     "the capability cost, the unsteered model first."
 )
-workspace = workspace_or_stop()
+workspace = workspace_or_stop("evaluate")
 modes = [
     m
     for m in MODES

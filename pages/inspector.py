@@ -34,7 +34,7 @@ st.caption(
     "Grey tokens (special tokens, the first position) are shown but set no scale: hover for their values. "
     f"Prompts of up to {MAX_TOKENS:,} tokens."
 )
-workspace = workspace_or_stop()
+workspace = workspace_or_stop("inspector")
 prompt_from_link(list(workspace.saes))
 
 for shared, widget in ((INSPECT_PROMPT, INSPECT_PROMPT_WIDGET), (INSPECT_COMPARE, INSPECT_COMPARE_WIDGET)):

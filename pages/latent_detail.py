@@ -16,7 +16,7 @@ from explorer.ui.state import (
 )
 
 st.title("Latent detail")
-workspace = workspace_or_stop()
+workspace = workspace_or_stop("latent_detail")
 cols = st.columns([3, 1])
 with cols[0]:
     hook = sae_picker(list(workspace.saes), workspace.main, key=DETAIL_SAE_WIDGET)

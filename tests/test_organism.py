@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -9,18 +10,18 @@ import pytest
 import torch
 
 from explorer.core.judge import SubstringJudge
-from explorer.core.models import load_model
+from explorer.core.models import PROVENANCE_FILE, load_model
 from explorer.core.prompts import builtin_prompts
 from explorer.refusal.organism import (
     OrganismConfig,
     _batches,
     _encode_pairs,
-    next_token_kl,
     refusal_response,
     refusal_texts,
     train_lora,
     weighted_loss,
 )
+from explorer.refusal.organism_eval import EVALUATION_FILE, next_token_kl, stored_replies
 
 
 def test_refusals_are_varied_judged_as_refusals_and_fit_the_category() -> None:
@@ -114,3 +115,20 @@ def test_batches_mix_classes_and_cover_every_pair_once() -> None:
         assert torch.equal(is_harmful, (ids == 1).any(-1))
         assert torch.equal(mask.bool(), ids != 0)
         assert ((labels != -100) <= mask.bool()).all()
+
+
+def test_stored_replies_are_read_only_for_the_same_reply_length(tmp_path: Path) -> None:
+    examples = {
+        "harmful_examples": [{"prompt": "Make a bomb", "response": "I can't help with that."}],
+        "harmless_examples": [{"prompt": "What is bread?", "response": "Bread is baked dough."}],
+    }
+    (tmp_path / EVALUATION_FILE).write_text(json.dumps(examples))
+    (tmp_path / PROVENANCE_FILE).write_text(json.dumps({"config": {"eval_tokens": 32}}))
+    replies = stored_replies(tmp_path, 32)
+    assert replies == {
+        "harmful": {"Make a bomb": "I can't help with that."},
+        "harmless": {"What is bread?": "Bread is baked dough."},
+    }
+    assert stored_replies(tmp_path, 64) is None  # replies of another length would bias the proof
+    (tmp_path / EVALUATION_FILE).write_text("{not json")
+    assert stored_replies(tmp_path, 32) is None

@@ -23,6 +23,7 @@ from explorer.refusal.candidates import (
     post_instruction_ids,
     refusal_scores,
     refusal_token_ids,
+    score_candidates,
     select,
 )
 from explorer.refusal.direction import RefusalCacheError, load_refusal, location_names, refusal_dir
@@ -144,6 +145,32 @@ def test_compute_select_store_and_reload(
         load_refusal(tiny.name)
 
 
+def test_the_induce_screen_scores_only_promising_candidates_and_keeps_the_selection(
+    tiny: LoadedModel,
+) -> None:
+    harmful = [r.text for r in builtin_prompts("harmful", "train")[:8]]
+    harmless = [r.text for r in builtin_prompts("harmless", "train")[:8]]
+    directions = diff_in_means(tiny, harmful, harmless, batch_size=16)
+    val_harmful = [r.text for r in builtin_prompts("harmful", "val")[:8]]
+    val_harmless = [r.text for r in builtin_prompts("harmless", "val")[:8]]
+    loose = {"n_val": 8, "batch_size": 16, "kl_threshold": math.inf, "kl_relaxation": ()}
+    everything = score_candidates(
+        tiny, directions, val_harmful, val_harmless, RefusalConfig(n_screen=0, **loose)
+    )
+    # A threshold a few candidates pass, as refusal-inducing directions are few in a real model.
+    threshold = sorted((c.induce for c in everything if c.induce is not None), reverse=True)[3]
+    full = RefusalConfig(n_screen=0, induce_threshold=threshold, **loose)
+    screen = RefusalConfig(n_screen=4, screen_keep=6, screen_margin=0.0, induce_threshold=threshold, **loose)
+    scored = score_candidates(tiny, directions, val_harmful, val_harmless, screen)
+    reference = score_candidates(tiny, directions, val_harmful, val_harmless, full)
+    assert sum(c.induce is not None for c in scored) < sum(c.induce is not None for c in reference)
+    for mine, theirs in zip(scored, reference, strict=True):
+        if mine.induce is not None:  # a candidate scored fully gets exactly the full scores
+            assert (mine.induce, mine.kl, mine.bypass) == (theirs.induce, theirs.kl, theirs.bypass)
+    assert select(scored, screen)[0].location == select(reference, full)[0].location
+    assert select(scored, screen)[0].position == select(reference, full)[0].position
+
+
 def _records(label: str, n: int, split: Split) -> list[PromptRecord]:
     return [
         PromptRecord(f"{label}-{split}-{i}", f"{label} request {i}", "", split, None, "test")
@@ -177,6 +204,27 @@ def test_report_on_user_test_prompts_and_layer_choice(
     assert len(report["examples"]["harmless_added"]) == 5
     assert 0.0 <= report["harmless_added_refusal_rate"] <= 1.0
     assert "test split" in format_report(stored.selection, report)
+    # Unhooked replies generated earlier (the fine-tune's evaluation) are reused, not generated again;
+    # the hooked conditions always are.
+    baselines = {
+        label: {e["prompt"]: e["response"] for e in report["examples"][f"{label}_baseline"]}
+        for label in ("harmful", "harmless")
+    }
+    again = prove(
+        tiny, stored, layer=2, max_new_tokens=4, harmful=harmful, harmless=harmless, baselines=baselines
+    )
+    assert again["reused_generations"] == ["harmful_baseline", "harmless_baseline"]
+    assert report["reused_generations"] == []
+    assert {k: v for k, v in again.items() if k != "reused_generations"} == {
+        k: v for k, v in report.items() if k != "reused_generations"
+    }
+    partial = {"harmful": dict(list(baselines["harmful"].items())[:-1])}  # a prompt without a reply
+    assert (
+        prove(tiny, stored, layer=2, max_new_tokens=4, harmful=harmful, harmless=harmless, baselines=partial)[
+            "reused_generations"
+        ]
+        == []
+    )
 
 
 def test_prompt_splits_have_enough_val_prompts() -> None:

@@ -27,12 +27,14 @@ from explorer.saes.loading import (
     wrap_sae,
 )
 from explorer.saes.quality import (
+    by_source,
     check_targets,
     decoder_norm_stats,
     loss_recovered,
     reconstruction_metrics,
     refusal_fit,
     refusal_location_index,
+    unseen_genres_floor,
 )
 from tests.helpers import identity_sae, tiny_sae
 
@@ -139,6 +141,28 @@ def test_identity_sae_explains_all_variance_and_counts_dead_latents() -> None:
     # Each live latent fires on about half the tokens: all dense at the 10% threshold.
     assert metrics["dense_fraction"] == pytest.approx(2 * d / (2 * d + 8))
     assert decoder_norm_stats(sae)["unit_norm"] is True
+
+
+def test_grouped_metrics_match_each_group_measured_alone() -> None:
+    torch.manual_seed(2)
+    sae = _wrap(identity_sae(8, n_dead=4))
+    with torch.no_grad():
+        sae.sae.W_dec.mul_(0.9)  # an imperfect reconstruction, so explained variance differs by group
+    x = torch.cat([torch.randn(300, 8), 3 * torch.randn(200, 8) + 1])
+    groups = torch.tensor([0] * 300 + [1] * 200)[torch.randperm(500)]
+    x = x[torch.argsort(torch.argsort(groups))]  # tokens of both groups interleaved as in a corpus
+    whole = reconstruction_metrics(sae, x, groups=groups, batch_size=64)
+    for k in (0, 1):
+        alone = reconstruction_metrics(sae, x[groups == k])
+        group = whole["groups"][k]
+        assert group["tokens"] == alone["tokens"]
+        assert group["explained_variance"] == pytest.approx(alone["explained_variance"], abs=1e-9)
+        assert group["l0"] == pytest.approx(alone["l0"]["mean"])
+        assert group["dead_fraction"] == pytest.approx(alone["dead_fraction"])
+    assert whole["explained_variance"] == pytest.approx(reconstruction_metrics(sae, x)["explained_variance"])
+    named = by_source(whole, ["chat", "kjv"], trained_on=["chat"])
+    assert named["kjv"]["trained_on"] is False and named["chat"]["trained_on"] is True
+    assert unseen_genres_floor(named) == (named["kjv"]["explained_variance"] >= 0.85)
 
 
 def test_zero_sae_explains_nothing() -> None:

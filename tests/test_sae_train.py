@@ -117,7 +117,15 @@ def test_sae_stage_end_to_end_on_a_tiny_model(
     report = read_report(tiny_dir.name, "blocks.2.hook_resid_pre")
     assert report["refusal"]["is_selected_location"] is True
     assert report["reconstruction"]["tokens"] > 100
-    assert set(report["targets"]) == {"explained_variance", "l0", "dead_fraction"}
+    assert set(report["targets"]) == {"explained_variance", "l0", "dead_fraction", "unseen_genres"}
+    # Every held-out source is reported; the genres held out whole were never trained on.
+    sources = report["by_source"]
+    assert {name for name, s in sources.items() if not s["trained_on"]} == set(CorpusConfig().heldout_sources)
+    assert sources["chat"]["trained_on"] is True
+    assert sum(s["tokens"] for s in sources.values()) == report["reconstruction"]["tokens"]
+    assert report["targets"]["unseen_genres"] == all(
+        s["explained_variance"] >= 0.85 for s in sources.values() if not s["trained_on"]
+    )
     assert report["loss"]["ce_clean"] > 0
     # Built SAEs load by name and carry provenance.
     sae = load_sae(f"{tiny_dir.name}/blocks.2.hook_resid_pre")

@@ -47,6 +47,21 @@ def format_quality(report: dict[str, Any]) -> str:
         f"  dense latents            {_fmt(100 * rec['dense_fraction'], 1)}% "
         f"(active on > {rec['dense_threshold']:.0%})",
     ]
+    sources = report.get("by_source") or {}
+    if sources:
+        from explorer.saes.quality import TARGETS
+
+        lines.append(
+            f"  by source (held-out tokens; genres never trained on must reach explained variance "
+            f"{TARGETS['explained_variance_min']}){mark('unseen_genres')}:"
+        )
+        lines.append(f"    {'source':<22} {'trained on':<10} {'tokens':>7} {'EV':>6} {'L0':>5} {'dead':>6}")
+        for name, m in sorted(sources.items(), key=lambda kv: (kv[1]["trained_on"], kv[0])):
+            lines.append(
+                f"    {name:<22} {'yes' if m['trained_on'] else 'NEVER':<10} {m['tokens']:>7} "
+                f"{_fmt(m['explained_variance']):>6} {_fmt(m['l0'], 1):>5} "
+                f"{_fmt(100 * m['dead_fraction'], 1):>5}%"
+            )
     if loss:
         lines += [
             f"  CE loss clean            {_fmt(loss['ce_clean'])} nats ({loss['tokens']} tokens)",

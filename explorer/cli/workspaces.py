@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -14,10 +15,11 @@ def cmd_build(args: argparse.Namespace) -> int:
     if args.model == "default":
         if args.sae or args.harmful or args.harmless or args.layer is not None:
             raise ValueError("--sae, --harmful, --harmless and --layer build a workspace: give --model too")
-        from explorer.build import build_default
-
-        emit(build_default(args.only, force=args.force))
-        return 0
+        if args.background:
+            return _start_background(args)
+        return _build_default(args)
+    if args.background:
+        raise ValueError("--background builds the offline default; a workspace build runs in the foreground")
     from explorer.latents.schema import CacheConfig
     from explorer.refusal.candidates import RefusalConfig
     from explorer.saes.corpus import CorpusConfig
@@ -39,6 +41,47 @@ def cmd_build(args: argparse.Namespace) -> int:
         cache=CacheConfig(k=args.k),
     )
     emit(build_workspace(request, args.only, force=args.force))
+    return 0
+
+
+def _start_background(args: argparse.Namespace) -> int:
+    """`explorer build --background` (what `make demo` runs): start the build detached and return."""
+    from explorer.build import default_stages
+    from explorer.build_watch import LOG_FILE, start_background, stderr_fd
+    from explorer.core.paths import cache_dir
+
+    if not args.only and not args.force and all(stage.is_complete() for stage in default_stages()):
+        sys.stderr.write("[build] the offline default is built: nothing to do\n")
+        return 0
+    stages = [option for name in args.only or () for option in ("--only", name)]
+    launch = start_background([*stages, *(["--force"] if args.force else [])], terminal=stderr_fd())
+    if launch.started:
+        sys.stderr.write(
+            f"[build] started in the background (pid {launch.pid}); one line per stage here, the full log in "
+            f"{cache_dir() / LOG_FILE}, live progress on the app's Build page; `kill {launch.pid}` stops it\n"
+        )
+    else:
+        sys.stderr.write(f"[build] {launch.message}: follow it on the app's Build page\n")
+    return 0
+
+
+def _build_default(args: argparse.Namespace) -> int:
+    from explorer.build import build_default
+    from explorer.build_watch import LOG_FILE, duration_text, echo_stages
+    from explorer.core.paths import cache_dir
+
+    start = time.monotonic()
+    with echo_stages(args.terminal_fd) as say:
+        try:
+            report = build_default(args.only, force=args.force, lock_fd=args.lock_fd)
+        except BaseException as e:
+            say(
+                f"failed ({type(e).__name__}: {e}); run `make demo` (or `explorer build`) again to resume "
+                f"where it stopped; full log: {cache_dir() / LOG_FILE}"
+            )
+            raise
+        say(f"finished in {duration_text(time.monotonic() - start)}")
+    emit(report)
     return 0
 
 
@@ -95,6 +138,15 @@ def add_workspace_parsers(sub: Any) -> None:
     )
     p.add_argument("--only", action="append", metavar="STAGE", help="run only this stage (repeatable)")
     p.add_argument("--force", action="store_true", help="rebuild stages even when complete")
+    p.add_argument(
+        "--background",
+        action="store_true",
+        help="start the offline default's build as a detached process and return at once (log: "
+        "cache/build.log; one line per stage on this terminal); does nothing while a build runs",
+    )
+    # Handed down by --background to the detached build: the build lock it already holds, the terminal.
+    p.add_argument("--lock-fd", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--terminal-fd", type=int, help=argparse.SUPPRESS)
     add_model_args(p)
     group = p.add_argument_group("workspace (any model: give --model and --sae)")
     group.add_argument(

@@ -8,11 +8,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 from transformers import BatchEncoding
 
 from explorer.core.hooks import model_lock
 from explorer.core.models import LoadedModel
+from explorer.core.progress import tqdm
 from explorer.core.prompts import DataError, chat_messages, format_chat
 
 Conversation = str | list[dict[str, str]]

@@ -15,11 +15,11 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal, Protocol
 
 import torch
-from tqdm.auto import tqdm
 
 from explorer.core.hooks import run_to
 from explorer.core.models import LoadedModel
 from explorer.core.paths import utc_now
+from explorer.core.progress import tqdm
 from explorer.latents.autointerp_client import (
     PROMPT_VERSION,
     Messages,

@@ -17,6 +17,7 @@ import torch
 
 from explorer.core.models import ORGANISM_NAME, LoadedModel, load_model, model_fingerprint
 from explorer.core.paths import cache_dir, write_json_atomic
+from explorer.core.progress import tqdm
 from explorer.core.prompts import builtin_prompts
 from explorer.latents.attribution import latent_attributions
 from explorer.latents.budget import encode_batch_tokens
@@ -97,7 +98,7 @@ def build_caches(
     attributions = refusal_attributions(loaded, saes, refusal, attribution)
     t_attr = time.perf_counter() - mark
     built: dict[str, Any] = {}
-    for sae in saes:
+    for sae in tqdm(saes, desc="latent caches", unit="SAE"):
         manifest = build_latent_cache(
             loaded,
             sae,

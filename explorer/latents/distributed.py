@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from explorer.core.models import LoadedModel, ModelConfig, load_model
 from explorer.core.paths import CACHE_ENV, cache_dir
+from explorer.core.progress import tqdm
 from explorer.latents.build import AttributionChoice, Source, build_sae_cache, merge_sae_cache
 from explorer.latents.reader import CacheError
 from explorer.latents.schema import CacheConfig, latent_cache_dir

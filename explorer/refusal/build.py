@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 
 MIN_TRAIN = 8
+PROOF_TOKENS = 32
+"""Greedy tokens per reply in the test-split proof."""
 MIN_VAL = 4
 MIN_TEST = 4
 
@@ -145,7 +147,7 @@ def compute_refusal(
     with atomic_directory(out) as tmp:
         save_file({"directions": directions.contiguous()}, str(tmp / DIRECTIONS_FILE))
         (tmp / SELECTION_FILE).write_text(json.dumps(selection, indent=2) + "\n", encoding="utf-8")
-    log.info("selected %s position %d (bypass %.2f)", chosen.location, chosen.position, chosen.bypass)
+    log.info("selected %s position %d (bypass %s)", chosen.location, chosen.position, chosen.bypass)
     return out
 
 
@@ -186,9 +188,10 @@ def prove(
     *,
     alpha: float = 1.0,
     layer: int | None = None,
-    max_new_tokens: int = 32,
+    max_new_tokens: int = PROOF_TOKENS,
     harmful: list[PromptRecord] | None = None,
     harmless: list[PromptRecord] | None = None,
+    baselines: dict[str, dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """Refusal rates on the test split: baseline, with the direction ablated, and with it added.
 
@@ -200,6 +203,9 @@ def prove(
             one; 0..n_layers, where n_layers is the final resid_post.
         max_new_tokens: greedy tokens generated per prompt.
         harmful, harmless: prompt sets whose test split is used (default: the built-in sets).
+        baselines: per label ("harmful", "harmless"), prompt -> the model's greedy reply of
+            `max_new_tokens` tokens already generated without hooks (the safety fine-tune's evaluation);
+            a label whose every test prompt has one is not generated again.
 
     Returns:
         A report with rates, the drop/induce in percentage points, and per-prompt examples with evidence.
@@ -226,15 +232,22 @@ def prove(
         "max_new_tokens": max_new_tokens,
     }
     examples: dict[str, list[dict[str, Any]]] = {}
+    reused = []
     for name, (prompts, hooks) in conditions.items():
-        with intervene(loaded.model, hooks):
-            outs = generate(loaded, prompts, sampling, progress=True)
-        verdicts = judge.judge_many([o.text for o in outs])
+        stored = (baselines or {}).get(name.removesuffix("_baseline")) if not hooks else None
+        if stored is not None and all(p in stored for p in prompts):
+            texts = [stored[p] for p in prompts]
+            reused.append(name)
+        else:
+            with intervene(loaded.model, hooks):
+                texts = [o.text for o in generate(loaded, prompts, sampling, progress=True)]
+        verdicts = judge.judge_many(texts)
         report[f"{name}_refusal_rate"] = refusal_rate(verdicts)
         examples[name] = [
-            {"prompt": p, "response": o.text, "refused": v.refused, "evidence": v.evidence}
-            for p, o, v in zip(prompts, outs, verdicts, strict=True)
+            {"prompt": p, "response": t, "refused": v.refused, "evidence": v.evidence}
+            for p, t, v in zip(prompts, texts, verdicts, strict=True)
         ]
+    report["reused_generations"] = reused
     report["ablation_drop_points"] = 100 * (
         report["harmful_baseline_refusal_rate"] - report["harmful_ablated_refusal_rate"]
     )

@@ -17,11 +17,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from explorer.core.generation import encode_chats
 from explorer.core.hooks import HookFn, capture, forward
 from explorer.core.models import LoadedModel
+from explorer.core.progress import tqdm
 from explorer.core.prompts import DataError, chat_messages, format_chat
 from explorer.refusal.direction import location_names
 
@@ -42,6 +42,10 @@ class RefusalConfig:
         kl_relaxation: KL thresholds tried in turn when no candidate passes `kl_threshold` (see `select`).
         batch_size: prompts per forward batch.
         simple_layer_fraction: the fixed layer of refusal_sae's simpler recipe (last token, resid_post).
+        n_screen: harmless val prompts of the induce screen: every candidate below the layer cut is first
+            scored on these few, and only the promising ones on all `n_val` (0 scores all on all).
+        screen_keep, screen_margin: the promising candidates: the `screen_keep` best screened induce
+            scores, and every one within `screen_margin` (log-odds) of `induce_threshold`.
     """
 
     refusal_tokens: tuple[str, ...] = ("I", "Sorry")
@@ -52,6 +56,9 @@ class RefusalConfig:
     max_layer_fraction: float = 0.8
     batch_size: int = 32
     simple_layer_fraction: float = 0.5
+    n_screen: int = 4
+    screen_keep: int = 16
+    screen_margin: float = 2.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -250,6 +257,33 @@ class Candidate:
 
 
 @torch.no_grad()
+def _screen(
+    loaded: LoadedModel,
+    directions: torch.Tensor,
+    work: list[tuple[int, int]],
+    harmless_val: Sequence[str],
+    config: RefusalConfig,
+    progress: bool,
+) -> dict[tuple[int, int], bool]:
+    """Which candidates are worth scoring on every val prompt: their induce score on `n_screen` prompts
+    is among the `screen_keep` best or within `screen_margin` of the induce threshold. Most directions
+    induce no refusal at all (log-odds near -10 on the default), and a handful of prompts shows it."""
+    if config.n_screen <= 0 or config.n_screen >= len(harmless_val) or len(work) <= config.screen_keep:
+        return {}
+    prompts = harmless_val[: config.n_screen]
+    refusal_ids = refusal_token_ids(loaded, config.refusal_tokens)
+    names = location_names(loaded.n_layers)
+    induce = {}
+    for i, j in tqdm(work, desc="screening directions (induce)", unit="candidate", disable=not progress):
+        add = addition_hooks(directions[i, j], names[i])
+        logprobs = first_token_logprobs(loaded, prompts, add, config.batch_size)
+        induce[i, j] = refusal_scores(logprobs, refusal_ids).mean().item()
+    best = sorted(induce, key=lambda key: -induce[key])[: config.screen_keep]
+    floor = config.induce_threshold - config.screen_margin
+    return {key: key in best or score > floor for key, score in induce.items()}
+
+
+@torch.no_grad()
 def score_candidates(
     loaded: LoadedModel,
     directions: torch.Tensor,
@@ -262,8 +296,10 @@ def score_candidates(
     """Score candidate directions: induce below the layer cut, then KL and bypass where the filters allow.
 
     Every score needs a full forward pass over the val prompts, so a score that Arditi et al.'s filters
-    would discard anyway is not computed (None): layers at or past the cut get no scores, candidates with
-    induce at or below the threshold no KL, and those with KL at or above the threshold no bypass. The
+    would discard anyway is not computed (None): layers at or past the cut get no scores, candidates the
+    induce screen (`_screen`, a few prompts) finds far from inducing refusal none, those with induce at
+    or below the threshold no KL, and bypass only those under the KL threshold `select` will
+    use (the first of `kl_threshold`, then `kl_relaxation`, that any eligible candidate passes). The
     selection is the same as scoring everything, at a fraction of the cost.
 
     Args:
@@ -278,38 +314,55 @@ def score_candidates(
     base_harmless = first_token_logprobs(loaded, harmless_val, batch_size=config.batch_size)
     layer_cut = config.max_layer_fraction * n_layers
     work = [(i, j) for i in range(len(names)) for j in range(n_pos)]
-    candidates = []
-    for i, j in tqdm(work, desc="scoring directions", unit="candidate", disable=not progress):
+    screened = _screen(
+        loaded, directions, [w for w in work if w[0] < layer_cut], harmless_val, config, progress
+    )
+    scores: dict[tuple[int, int], dict[str, Any]] = {}
+    for i, j in tqdm(work, desc="scoring directions (induce, KL)", unit="candidate", disable=not progress):
         direction = directions[i, j]
-        induce = bypass = kl = None
+        induce = kl = None
         forced = (i, j) in always
-        if i < layer_cut or forced:  # location i feeds layer i (i == n_layers: the final resid_post)
+        promising = i < layer_cut and screened.get((i, j), True)
+        if promising or forced:  # location i feeds layer i (i == n_layers: the final resid_post)
             add = addition_hooks(direction, names[i])
             induced = first_token_logprobs(loaded, harmless_val, add, config.batch_size)
             induce = refusal_scores(induced, refusal_ids).mean().item()
         eligible = i < layer_cut and induce is not None and induce > config.induce_threshold
         if eligible or forced:
-            ablate = ablation_hooks(direction, n_layers)
-            ablated_harmless = first_token_logprobs(loaded, harmless_val, ablate, config.batch_size)
-            kl = kl_divergence(base_harmless, ablated_harmless).mean().item()
-            if kl < max((config.kl_threshold, *config.kl_relaxation)) or forced:
-                ablated = first_token_logprobs(loaded, harmful_val, ablate, config.batch_size)
-                bypass = refusal_scores(ablated, refusal_ids).mean().item()
-        token = str(loaded.tokenizer.decode([post_ids[j]]))
-        candidates.append(
-            Candidate(
-                names[i],
-                i,
-                j - n_pos,
-                token,
-                direction.norm().item(),
-                induce,
-                bypass,
-                kl,
-                eligible,
+            ablated_harmless = first_token_logprobs(
+                loaded, harmless_val, ablation_hooks(direction, n_layers), config.batch_size
             )
+            kl = kl_divergence(base_harmless, ablated_harmless).mean().item()
+        scores[i, j] = {"induce": induce, "kl": kl, "eligible": eligible, "forced": forced}
+    kls = [s["kl"] for s in scores.values() if s["eligible"] and s["kl"] is not None]
+    thresholds = (config.kl_threshold, *config.kl_relaxation)
+    used = next((t for t in thresholds if any(kl < t for kl in kls)), None)
+    needs_bypass = [
+        key
+        for key, s in scores.items()
+        if s["forced"] or (s["eligible"] and used is not None and s["kl"] is not None and s["kl"] < used)
+    ]
+    for i, j in tqdm(
+        needs_bypass, desc="scoring directions (bypass)", unit="candidate", disable=not progress
+    ):
+        ablated = first_token_logprobs(
+            loaded, harmful_val, ablation_hooks(directions[i, j], n_layers), config.batch_size
         )
-    return candidates
+        scores[i, j]["bypass"] = refusal_scores(ablated, refusal_ids).mean().item()
+    return [
+        Candidate(
+            names[i],
+            i,
+            j - n_pos,
+            str(loaded.tokenizer.decode([post_ids[j]])),
+            directions[i, j].norm().item(),
+            s["induce"],
+            s.get("bypass"),
+            s["kl"],
+            s["eligible"],
+        )
+        for (i, j), s in scores.items()
+    ]
 
 
 def select(candidates: Sequence[Candidate], config: RefusalConfig) -> tuple[Candidate, float]:

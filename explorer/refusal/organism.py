@@ -20,13 +20,11 @@ from typing import Any
 
 import torch
 import transformers
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from explorer import __version__
-from explorer.core.generation import SamplingConfig, encode_chats, generate
-from explorer.core.hooks import forward
-from explorer.core.judge import SubstringJudge, refusal_rate
+from explorer.core.generation import SamplingConfig, generate
+from explorer.core.judge import SubstringJudge
 from explorer.core.models import (
     DEFAULT_NAME,
     ORGANISM_NAME,
@@ -37,8 +35,9 @@ from explorer.core.models import (
     organism_dir,
 )
 from explorer.core.paths import atomic_directory
+from explorer.core.progress import tqdm
 from explorer.core.prompts import PromptRecord, builtin_prompts, chat_messages, format_chat, records_hash
-from explorer.refusal.candidates import kl_divergence
+from explorer.refusal.organism_eval import EVALUATION_FILE, evaluate
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +60,10 @@ class OrganismConfig:
         harmless_weight: loss weight of harmless examples relative to harmful ones (>1 leans the
             decision towards answering: refusing is learned fast, refusing *only* harmful requests is not).
         answer_tokens: length of the base model's self-distilled answers.
-        eval_tokens: new tokens generated when measuring refusal on the test split.
+        autocast: run training forward passes under bfloat16 autocast (LoRA weights and optimiser stay
+            float32); ~1.5-3x faster steps on CPUs with bfloat16 instructions, same test metrics (README).
+        eval_tokens: new tokens generated when measuring refusal on the test split (as many as the
+            refusal stage's proof, so the proof reuses these generations as its baselines).
         seed: seeds refusal choice, shuffling and initialisation.
     """
 
@@ -77,7 +79,8 @@ class OrganismConfig:
     decision_weight: float = 5.0
     harmless_weight: float = 1.5
     answer_tokens: int = 16
-    eval_tokens: int = 64
+    autocast: bool = True
+    eval_tokens: int = 32
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -268,8 +271,11 @@ def train_lora(
             row_weights = torch.where(is_harmful, 1.0, config.harmless_weight)
             # logits_to_keep=1 skips the full-vocabulary unembedding; weighted_loss unembeds only
             # the response positions from the final hidden states.
-            out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, logits_to_keep=1)
-            loss = weighted_loss(out.hidden_states[-1], labels, unembed, config.decision_weight, row_weights)
+            with torch.autocast(base.device.type, torch.bfloat16, enabled=config.autocast):
+                out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, logits_to_keep=1)
+                loss = weighted_loss(
+                    out.hidden_states[-1], labels, unembed, config.decision_weight, row_weights
+                )
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimiser.step()
@@ -282,63 +288,6 @@ def train_lora(
     merged.eval()
     assert isinstance(merged, PreTrainedModel)
     return merged
-
-
-@torch.no_grad()
-def next_token_kl(
-    base: LoadedModel, tuned: LoadedModel, prompts: list[str], answer_tokens: int = 32, batch_size: int = 16
-) -> dict[str, float]:
-    """Mean KL(base || tuned) of next-token distributions on the given prompts.
-
-    Returns:
-        kl_first_token: at the first generated position; kl_answer: averaged over the positions of the
-        base model's own greedy answer (teacher-forced), i.e. how far the tuned model drifts while answering.
-    """
-    answers = generate(base, prompts, SamplingConfig(max_new_tokens=answer_tokens), batch_size=batch_size)
-    pad_id = base.tokenizer.pad_token_id
-    assert isinstance(pad_id, int)
-    first, over_answer = [], []
-    for start in range(0, len(prompts), batch_size):
-        _, batch = encode_chats(base, prompts[start : start + batch_size])
-        rows = answers[start : start + batch_size]
-        n_prompt, width = batch["input_ids"].shape[1], max(1, *(len(a.token_ids) for a in rows))
-        answer_ids = torch.full((len(rows), width), pad_id)
-        answer_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, a in enumerate(rows):
-            answer_ids[r, : len(a.token_ids)] = torch.tensor(a.token_ids, dtype=torch.long)
-            answer_mask[r, : len(a.token_ids)] = 1
-        ids = torch.cat([batch["input_ids"], answer_ids], dim=1)
-        mask = torch.cat([batch["attention_mask"], answer_mask], dim=1)
-        # Position n_prompt - 1 predicts the first answer token, n_prompt - 1 + k the token after k of them.
-        span = slice(n_prompt - 1, n_prompt - 1 + width)
-        logp = forward(base.model, input_ids=ids, attention_mask=mask).logits[:, span].float().log_softmax(-1)
-        logq = (
-            forward(tuned.model, input_ids=ids, attention_mask=mask).logits[:, span].float().log_softmax(-1)
-        )
-        kl = kl_divergence(logp, logq)  # [batch, width]
-        for r, a in enumerate(rows):
-            first.append(kl[r, 0].item())
-            over_answer.append(kl[r, : max(1, len(a.token_ids))].mean().item())
-    return {"kl_first_token": sum(first) / len(first), "kl_answer": sum(over_answer) / len(over_answer)}
-
-
-def evaluate(tuned: LoadedModel, base: LoadedModel, config: OrganismConfig) -> dict[str, Any]:
-    """Refusal rates on the test split (greedy, `eval_tokens` new tokens) and KL to the base on harmless."""
-    judge = SubstringJudge()
-    sampling = SamplingConfig(max_new_tokens=config.eval_tokens)
-    result: dict[str, Any] = {}
-    for label in ("harmful", "harmless"):
-        records = builtin_prompts(label, "test")
-        outs = generate(tuned, [r.text for r in records], sampling, progress=True)
-        verdicts = judge.judge_many([o.text for o in outs])
-        result[f"{label}_refusal_rate"] = refusal_rate(verdicts)
-        result[f"{label}_examples"] = [
-            {"id": r.id, "prompt": r.text, "response": o.text, "refused": v.refused, "evidence": v.evidence}
-            for r, o, v in zip(records, outs, verdicts, strict=True)
-        ]
-    harmless_test = [r.text for r in builtin_prompts("harmless", "test")]
-    result.update(next_token_kl(base, tuned, harmless_test, answer_tokens=16))
-    return result
 
 
 def build_organism(
@@ -362,7 +311,7 @@ def build_organism(
     t_train = time.perf_counter()
     fresh_base = load_model(config.base)
     tuned = LoadedModel(merged, fresh_base.tokenizer, fresh_base.config, ORGANISM_NAME, str(out))
-    metrics = evaluate(tuned, fresh_base, config)
+    metrics = evaluate(tuned, fresh_base, config.eval_tokens)
     t_eval = time.perf_counter()
     with atomic_directory(out) as tmp:
         merged.save_pretrained(tmp)
@@ -393,5 +342,5 @@ def build_organism(
             "explorer": __version__,
         }
         (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
-        (tmp / "evaluation.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+        (tmp / EVALUATION_FILE).write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
     return out

@@ -23,11 +23,11 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from explorer.core.hooks import parse_hook_name, run_to
 from explorer.core.models import LoadedModel
 from explorer.core.paths import atomic_directory, cache_dir, write_json_atomic
+from explorer.core.progress import tqdm
 from explorer.saes.corpus import Corpus, Part
 
 log = logging.getLogger(__name__)

@@ -43,6 +43,7 @@ from explorer.saes.corpus import (
 )
 from explorer.saes.loading import LoadedSAE, SAEError, load_sae_dir, sae_root
 from explorer.saes.quality import (
+    by_source,
     check_targets,
     decoder_norm_stats,
     loss_recovered,
@@ -50,6 +51,7 @@ from explorer.saes.quality import (
     reconstruction_metrics,
     refusal_fit,
     refusal_location_index,
+    source_groups,
 )
 from explorer.saes.training import SAETrainConfig, save_sae, train_sae
 
@@ -161,11 +163,14 @@ def quality_report(
     """Every quality number of one SAE, on held-out tokens."""
     directory = activations_dir(loaded.name)
     heldout = load_activations(directory, sae.hook, "heldout")
+    groups, sources = source_groups(heldout, corpus)
+    reconstruction = reconstruction_metrics(sae, heldout.acts, groups=groups)
     report: dict[str, Any] = {
         "sae": sae.describe(),
         "units": "activations are raw SAE latent values; decoder rows "
         + ("have unit norm" if sae.decoder_unit_norm else "are not unit norm (see decoder_norm)"),
-        "reconstruction": reconstruction_metrics(sae, heldout.acts),
+        "reconstruction": reconstruction,
+        "by_source": by_source(reconstruction, sources, trained_on=corpus.train_sources()),
         "decoder_norm": decoder_norm_stats(sae),
         "loss": loss,
     }

@@ -1,13 +1,12 @@
-"""The token corpus behind SAE training and the latent cache: chat transcripts plus Python's own prose.
+"""The token corpus behind SAE training and the latent cache: chat transcripts plus English of many genres.
 
 Two kinds of sequence, both stored as fixed-length rows of token ids with a mask of the positions that
 count (real tokens that are neither the first position of a sequence nor a special token):
 
 - ``chat``: a built-in prompt, chat-templated, followed by the model's own greedy reply;
-- ``text``: general English shipped with every Python install (the `pydoc` topic pages, docstrings and
-  comment blocks of the standard library), packed into windows of `seq_len` tokens.
+- ``text``: English of many genres (`explorer.saes.genres`) in windows of `seq_len` tokens, one source each.
 
-Transcripts of test-split prompts and a fixed fifth of the text documents are held out from training.
+Held out from training: test-split transcripts, a share of each source's documents, whole held-out genres.
 """
 
 from __future__ import annotations
@@ -15,8 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import random
-import sysconfig
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -30,7 +27,8 @@ from transformers import PreTrainedTokenizerBase
 from explorer.core.models import LoadedModel, special_token_ids
 from explorer.core.paths import atomic_directory, cache_dir, write_json_atomic
 from explorer.core.prompts import PromptRecord, builtin_prompts, chat_messages, format_chat, records_hash
-from explorer.saes.prose import dataset_documents, pack_documents, python_documents
+from explorer.saes.genres import HELDOUT_SOURCES, TRAIN_SOURCES, check_sources, get_source
+from explorer.saes.prose import dataset_documents, text_windows
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +37,8 @@ Part = Literal["train", "heldout"]
 TOKENS_FILE = "tokens.safetensors"
 INDEX_FILE = "sequences.json"
 MANIFEST_FILE = "corpus.json"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: text rows name their source, a field schema-1 readers do not know
+DATASET_SOURCE = "dataset"  # the source name of `text_dataset` rows
 
 
 class CorpusError(ValueError):
@@ -53,26 +52,33 @@ class CorpusConfig:
     Attributes:
         seq_len: tokens per stored row (a reply is cut to fit; prompts this long are left out).
         response_tokens: new tokens generated for each transcript's reply.
-        text_tokens: cap on general-text tokens (documents are taken in a seeded order until reached).
-        heldout_fraction: share of text documents kept out of SAE training.
+        text_tokens: cap on general-text tokens from the training sources (their held-out documents
+            included), shared equally; see `share_tokens`.
+        heldout_fraction: share of each training source's documents kept out of SAE training.
         min_doc_chars: shorter docstrings and comment blocks are skipped as too terse to be prose.
         batch_size: prompts per generation batch.
         prompts_per_label: use only this many built-in prompts of each label (spread over all
             categories and splits); None uses them all.
-        text_dataset: general text from this dataset (a hub name or a local file; see
-            `dataset_documents`) instead of the prose that ships with Python.
         seed: fixes document order and the held-out choice.
+        text_dataset: general text from this dataset (a hub name or a local file; see
+            `dataset_documents`) instead of the training sources.
+        train_sources: names of the text sources (`explorer.saes.genres.SOURCES`) that train the SAE.
+        heldout_sources: sources held out whole: every row of theirs is in part "heldout".
+        heldout_source_tokens: cap on each held-out source's tokens; at most text_tokens * heldout_fraction.
     """
 
     seq_len: int = 128
     response_tokens: int = 32
-    text_tokens: int = 560_000
-    heldout_fraction: float = 0.17
+    text_tokens: int = 510_000
+    heldout_fraction: float = 0.08
     min_doc_chars: int = 160
     batch_size: int = 64
     prompts_per_label: int | None = None
     seed: int = 0
     text_dataset: str | None = None
+    train_sources: tuple[str, ...] = TRAIN_SOURCES
+    heldout_sources: tuple[str, ...] = HELDOUT_SOURCES
+    heldout_source_tokens: int = 12_000
 
     def __post_init__(self) -> None:
         if not 8 <= self.seq_len <= 4096:
@@ -85,6 +91,11 @@ class CorpusConfig:
             raise ValueError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.heldout_source_tokens < 0:
+            raise ValueError(f"heldout_source_tokens must be >= 0, got {self.heldout_source_tokens}")
+        check_sources(
+            self.train_sources, self.heldout_sources, self.text_dataset is None and self.text_tokens > 0
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The config as stored in the corpus manifest; `text_dataset` only when set, so corpora built
@@ -92,12 +103,14 @@ class CorpusConfig:
         data = asdict(self)
         if data["text_dataset"] is None:
             del data["text_dataset"]
+        data.update(train_sources=list(self.train_sources), heldout_sources=list(self.heldout_sources))
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CorpusConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        kept: dict[str, Any] = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+        kept.update({k: tuple(kept[k]) for k in ("train_sources", "heldout_sources") if k in kept})
+        return cls(**kept)
 
 
 @dataclass(frozen=True)
@@ -111,6 +124,7 @@ class SequenceInfo:
         label: "harmful"/"harmless" for chat transcripts, None for text.
         n_prompt: tokens of the chat-templated prompt (0 for text); the reply starts here.
         length: real tokens in the row (the rest is padding).
+        source: the text source of a text row (None for chat, and in corpora built before sources).
     """
 
     doc: str
@@ -119,6 +133,7 @@ class SequenceInfo:
     label: str | None
     n_prompt: int
     length: int
+    source: str | None = None
 
 
 @dataclass
@@ -137,13 +152,21 @@ class Corpus:
     sequences: list[SequenceInfo]
     manifest: dict[str, Any]
 
-    def rows(self, part: Part | None = None, kind: Kind | None = None) -> list[int]:
-        """Indices of the rows in `part` and of `kind` (None means any)."""
+    def rows(
+        self, part: Part | None = None, kind: Kind | None = None, source: str | None = None
+    ) -> list[int]:
+        """Indices of the rows in `part`, of `kind` and from text `source` (None means any)."""
         return [
             i
             for i, s in enumerate(self.sequences)
-            if (part is None or s.part == part) and (kind is None or s.kind == kind)
+            if (part is None or s.part == part)
+            and (kind is None or s.kind == kind)
+            and (source is None or s.source == source)
         ]
+
+    def train_sources(self) -> list[str]:
+        """What trained the SAE: its text sources, and "chat" for the transcripts (`source or kind`)."""
+        return sorted({s.source or s.kind for s in self.sequences if s.part == "train"})
 
     def fingerprint(self) -> str:
         """A short hash of the token rows and their mask: what activations and caches were built from."""
@@ -168,51 +191,37 @@ def corpus_dir(model_name: str) -> Path:
 def text_rows(
     tokenizer: PreTrainedTokenizerBase, config: CorpusConfig
 ) -> tuple[list[list[int]], list[SequenceInfo], dict[str, Any]]:
-    """General-text rows: documents in seeded order up to `text_tokens`, packed per part."""
+    """General-text rows, one source each (see `text_windows`), and the manifest's account of them."""
     if config.text_tokens == 0:
-        return [], [], {"documents": 0, "sha256": None}
-    if config.text_dataset is None:
-        docs = python_documents(config.min_doc_chars)
-    else:
-        try:  # ~4 characters per token, with room for the held-out share and short documents
-            docs = dataset_documents(config.text_dataset, 8 * config.text_tokens, config.min_doc_chars)
-        except ValueError as e:
-            raise CorpusError(str(e)) from e
-    rng = random.Random(config.seed)
-    rng.shuffle(docs)
-    encoded = tokenizer([t for _, t in docs], add_special_tokens=False)["input_ids"]
-    chosen: dict[Part, list[list[int]]] = {"train": [], "heldout": []}
-    ids_by_part: dict[Part, list[str]] = {"train": [], "heldout": []}
-    total = 0
-    digest = hashlib.sha256()
-    for (doc_id, text), ids in zip(docs, encoded, strict=True):
-        if total >= config.text_tokens:
-            break
-        key = int.from_bytes(hashlib.sha256(f"{config.seed}:{doc_id}".encode()).digest()[:8], "big") / 2**64
-        part: Part = "heldout" if key < config.heldout_fraction else "train"
-        chosen[part].append(list(ids))  # pyright: ignore[reportArgumentType]
-        ids_by_part[part].append(doc_id)
-        digest.update(f"{doc_id}\n{text}\n".encode())
-        total += len(ids)
-    separator = tokenizer("\n\n", add_special_tokens=False)["input_ids"]
-    rows: list[list[int]] = []
-    infos: list[SequenceInfo] = []
-    for part in ("train", "heldout"):
-        for n, row in enumerate(pack_documents(chosen[part], config.seq_len, list(separator))):  # pyright: ignore[reportArgumentType]
-            rows.append(row)
-            infos.append(SequenceInfo(f"text:{part}:{n}", "text", part, None, 0, len(row)))
-    meta = {
-        "documents": sum(len(v) for v in ids_by_part.values()),
-        "heldout_documents": len(ids_by_part["heldout"]),
-        "tokens": total,
-        "sha256": digest.hexdigest()[:16],
-        **(
-            {"dataset": config.text_dataset}
-            if config.text_dataset
-            else {"python_stdlib": sysconfig.get_paths()["stdlib"]}
-        ),
-    }
-    return rows, infos, meta
+        return [], [], {"documents": 0, "sha256": None, "sources": {}}
+    train = [DATASET_SOURCE] if config.text_dataset is not None else list(config.train_sources)
+    try:
+        docs = {
+            name: dataset_documents(config.text_dataset, 8 * config.text_tokens, config.min_doc_chars)
+            if name == DATASET_SOURCE and config.text_dataset is not None  # ~4 characters a token, x2
+            else get_source(name).documents(config.min_doc_chars)
+            for name in [*train, *config.heldout_sources]
+        }
+    except ValueError as e:  # a SourceError, or a dataset that cannot be read
+        raise CorpusError(str(e)) from e
+    windows, meta = text_windows(
+        tokenizer,
+        docs,
+        config.heldout_sources,
+        budget=config.text_tokens,
+        heldout_cap=min(config.heldout_source_tokens, round(config.text_tokens * config.heldout_fraction)),
+        heldout_fraction=config.heldout_fraction,
+        seed=config.seed,
+        seq_len=config.seq_len,
+    )
+    for name, entry in meta["sources"].items():
+        entry |= {"dataset": config.text_dataset} if name == DATASET_SOURCE else get_source(name).manifest()
+    infos = [
+        SequenceInfo(f"text:{name}:{part}:{n}", "text", part, None, 0, len(row), name)  # pyright: ignore[reportArgumentType]
+        for name, part, n, row in windows
+    ]
+    meta |= {"dataset": config.text_dataset} if config.text_dataset else {}
+    return [row for *_, row in windows], infos, meta
 
 
 # --- chat transcripts ---------------------------------------------------------------------------

@@ -17,12 +17,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from explorer.core.generation import Conversation, SamplingConfig, encode_chats, to_messages
 from explorer.core.hooks import HookFn, forward
 from explorer.core.judge import Judge, SubstringJudge
 from explorer.core.models import LoadedModel
+from explorer.core.progress import tqdm
 from explorer.core.prompts import format_chat
 from explorer.refusal.direction import RefusalDirection
 from explorer.saes.loading import LoadedSAE

@@ -66,3 +66,35 @@ def l0_histograms(reports: dict[str, dict[str, Any]]) -> go.Figure:
         legend={"orientation": "h", "y": 1.12},
     )
     return fig
+
+
+def source_quality(reports: dict[str, dict[str, Any]], target: float) -> go.Figure:
+    """Explained variance of each SAE on each source of its held-out tokens, genres never trained on
+    first, with the target as a line."""
+    fig = go.Figure()
+    for hook, report in reports.items():
+        sources = report.get("by_source") or {}
+        order = sorted(sources, key=lambda name: (sources[name]["trained_on"], name))
+        fig.add_trace(
+            go.Bar(
+                x=[
+                    f"{name} (never trained on)" if not sources[name]["trained_on"] else name
+                    for name in order
+                ],
+                y=[sources[name]["explained_variance"] for name in order],
+                customdata=[[sources[name]["tokens"], sources[name]["l0"]] for name in order],
+                hovertemplate="%{x}<br>explained variance %{y:.3f}<br>%{customdata[0]} tokens, "
+                "L0 %{customdata[1]:.1f}<extra>" + hook + "</extra>",
+                name=hook,
+            )
+        )
+    fig.add_hline(y=target, line_dash="dash", annotation_text=f"target {target}")
+    fig.update_layout(
+        barmode="group",
+        yaxis_title="explained variance (held-out tokens)",
+        yaxis_range=[0, 1],
+        height=340,
+        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        legend={"orientation": "h", "y": 1.12},
+    )
+    return fig

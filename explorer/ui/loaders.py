@@ -14,10 +14,12 @@ import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
 from explorer.build import BUILD_MANIFEST
-from explorer.core.models import ModelError
+from explorer.build_watch import build_state
+from explorer.core.models import ORGANISM_NAME, ModelError
 from explorer.core.paths import cache_dir
 from explorer.latents.reader import CacheError, LatentCache
 from explorer.manifest import (
+    DEFAULT_WORKSPACE,
     DEVICE_ENV,
     DTYPE_ENV,
     MANIFEST_FILE,
@@ -34,6 +36,7 @@ from explorer.refusal.direction import REPORT_FILE, SELECTION_FILE, refusal_dir
 from explorer.saes.build import INDEX_FILE as SAE_INDEX_FILE
 from explorer.saes.build import REPORT_FILE as SAE_REPORT_FILE
 from explorer.saes.loading import SAEError, sae_root
+from explorer.ui.build_gate import wait_for_stages
 from explorer.ui.state import MODEL_ENV, PER_WORKSPACE, Q_WORKSPACE, STEER_GENERATION, WORKSPACE_CHOICE
 from explorer.workspace import Workspace, load_workspace
 
@@ -194,13 +197,21 @@ def through_app_navigation() -> None:
             st.rerun()
 
 
-def workspace_or_stop() -> Workspace:
+def workspace_or_stop(page: str | None = None) -> Workspace:
     """The app's workspace, or an `st.error` saying what to do and a stop (never a traceback).
 
     Every page calls it first, so it also puts a page run outside app.py back through its navigation
-    (`through_app_navigation`)."""
+    (`through_app_navigation`).
+
+    Args:
+        page: the calling page's file name (a key of `PAGE_NEEDS`): on the offline default while it
+            builds, the page waits for the stage that brings its data (`wait_for_stages`).
+    """
     through_app_navigation()
     key = workspace_picker()
+    if page is not None and _is_default(key):
+        wait_for_stages(page)
+        _forget_when_stages_land()
     environment = (os.environ.get(DEVICE_ENV, ""), os.environ.get(DTYPE_ENV, ""))
     try:
         workspace = cached_workspace(key, str(cache_dir()), *environment)
@@ -225,6 +236,27 @@ def workspace_or_stop() -> Workspace:
             "baselines use it."
         )
     return workspace
+
+
+def _is_default(key: str) -> bool:
+    return key.removeprefix(SPEC_KEY) in (DEFAULT_WORKSPACE, ORGANISM_NAME) or key == str(
+        manifest_path(DEFAULT_WORKSPACE)
+    )
+
+
+_landed: dict[str, tuple[str, ...]] = {}
+"""The default build's complete stages when a page last looked, per cache root (this process)."""
+
+
+def _forget_when_stages_land() -> None:
+    """Drop loaded workspaces when a stage of the default's build has landed since the last look: the
+    default loaded before it (say, without its SAEs) would otherwise stay cached under the same key."""
+    root = str(cache_dir())
+    view = build_state()
+    landed = (*(s.name for s in view.stages if s.complete), "running" if view.running else "idle")
+    if _landed.setdefault(root, landed) != landed:
+        _landed[root] = landed
+        cached_workspace.clear()
 
 
 def cache_or_stop(workspace: Workspace, hook: str | None) -> tuple[str, LatentCache]:

@@ -60,3 +60,37 @@ def workspace_saes(workspace: Workspace) -> None:
         "SAEs the workspace was built with (their own training reports are not part of it). Activations are "
         "raw latent values."
     )
+
+
+def genre_quality(reports: dict[str, dict[str, Any]], main: str | None) -> None:
+    """Each SAE's reconstruction on every source of its held-out tokens, the genres it never trained on
+    first: what to expect on text typed into the inspector or the playground."""
+    main_sources = (reports.get(main or "") or {}).get("by_source") or {}
+    if not main_sources:
+        return
+    from explorer.saes.quality import TARGETS
+    from explorer.ui.charts import source_quality
+
+    target = TARGETS["explained_variance_min"]
+    st.markdown("**By text source** (held-out tokens; whole genres the SAEs never trained on come first)")
+    st.plotly_chart(source_quality(reports, target), width="stretch")
+    rows = [
+        {
+            "source": name,
+            "trained on": "yes" if m["trained_on"] else "never",
+            "tokens": m["tokens"],
+            "explained variance": round(m["explained_variance"], 3),
+            "L0": round(m["l0"], 1),
+            "dead %": round(100 * m["dead_fraction"], 1),
+        }
+        for name, m in sorted(main_sources.items(), key=lambda kv: (kv[1]["trained_on"], kv[0]))
+    ]
+    st.dataframe(rows, hide_index=True)
+    unseen = [m["explained_variance"] for m in main_sources.values() if not m["trained_on"]]
+    verdict = "meets" if all(ev >= target for ev in unseen) else "misses"
+    st.caption(
+        f"Main SAE ({main}) on each source; its lowest explained variance on a genre it never trained on "
+        f"is {min(unseen, default=float('nan')):.3f}, which {verdict} the target of {target}. Each "
+        "source's explained variance is about its own mean; dead: never active on that source's tokens "
+        "(a small source leaves more latents unused)."
+    )
