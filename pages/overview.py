@@ -67,7 +67,8 @@ else:
     score = st.radio("Candidate score", ["induce", "bypass", "kl"], horizontal=True)
     st.plotly_chart(selection_heatmap(selection, score), width="stretch")
     st.caption(
-        "Blank cells: scores Arditi et al.'s filters would discard, not computed. Scores on the val split."
+        "Blank cells: not computed, as Arditi et al.'s filters would discard them (or a screen on four "
+        "prompts found the direction far from inducing refusal). Scores on the val split."
     )
 
 st.subheader("SAEs")

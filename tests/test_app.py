@@ -110,7 +110,13 @@ def test_overview_shows_the_sae_quality_table(
     assert len(table) == len(index["hooks"])
     assert table["hook"].str.contains("refusal layer").sum() == 1
     assert set(table["architecture"]) == {"topk × 64"}
-    assert len(app.get("plotly_chart")) == 2  # the refusal heatmap and the L0 histogram
+    # The refusal heatmap, the L0 histogram and the explained variance by text source.
+    assert len(app.get("plotly_chart")) == 3
+    by_source = app.dataframe[1].value
+    assert set(by_source["trained on"]) <= {"yes", "never"}
+    never = by_source[by_source["trained on"] == "never"]["source"]
+    assert set(never) == set(CorpusConfig().heldout_sources)
+    assert any("genre it never trained on" in c.value for c in app.caption)
     assert not any("No SAEs trained" in i.value for i in app.info)
 
 

@@ -49,10 +49,10 @@ class SAETrainConfig:
 
     architecture: Architecture = "topk"
     d_sae: int = 4096
-    k: int = 32
+    k: int = 64
     sparsity_coefficient: float = 1.0
     aux_loss_coefficient: float = 1.0
-    training_samples: int = 600_000
+    training_samples: int = 1_000_000
     batch_size: int = 1024
     lr: float = 2e-3
     warmup_steps: int = 10
