@@ -27,8 +27,10 @@ venv: $(STAMP)
 build: venv
 	$(BIN)/explorer build
 
+# No file watching: the app is served, not developed, and the build writes thousands of files meanwhile.
 app: venv
-	EXPLORER_DEMO=$(DEMO) $(BIN)/streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT) --server.headless true
+	EXPLORER_DEMO=$(DEMO) $(BIN)/streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT) --server.headless true \
+		--server.fileWatcherType none
 
 # Serve at once; the build runs detached (log: cache/build.log, progress on the Build page) and a second
 # `make demo` or a page reload never starts another.

@@ -84,7 +84,11 @@ else:
     rows = [summary_row(rep, is_main=hook == sae_index.get("main")) for hook, rep in sae_reports.items()]
     st.dataframe(rows, hide_index=True)
     thresholds = sorted(
-        {f"{r['dense_threshold']:.0%}" for r in sae_reports.values() if "dense_threshold" in r}
+        {
+            f"{r['reconstruction']['dense_threshold']:.0%}"
+            for r in sae_reports.values()
+            if r.get("reconstruction")
+        }
     )
     st.caption(
         "Measured on held-out tokens (test-split transcripts and held-out text); first position and "

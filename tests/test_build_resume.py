@@ -3,7 +3,9 @@ skipped, not redone, and the workspace it ends with is the one an uninterrupted 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import signal
@@ -48,11 +50,21 @@ def request_args(tmp_path_factory: pytest.TempPathFactory, tokenizer: PreTrained
     return ["build", "--model", str(model), "--sae", str(root / "sae"), *files, *small]
 
 
-def _build(args: list[str], cache: Path, capsys: pytest.CaptureFixture[str]) -> dict:
-    with pytest.MonkeyPatch.context() as patch:
+def _build(args: list[str], cache: Path) -> dict:
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out):
         patch.setenv(CACHE_ENV, str(cache))
         assert main(args) == 0
-    return json.loads(capsys.readouterr().out)
+    return json.loads(out.getvalue())
+
+
+@pytest.fixture(scope="module")
+def whole(request_args: list[str], tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    """An uninterrupted build: its report and its cache root."""
+    cache = tmp_path_factory.mktemp("whole")
+    report = _build(request_args, cache)
+    assert all(stage["ran"] for stage in report["stages"].values())
+    return report, cache
 
 
 def _digest(cache: Path) -> dict[str, str]:
@@ -74,12 +86,13 @@ def _stable(manifest: dict, cache: Path) -> dict:
     }
 
 
-def test_a_build_killed_mid_stage_resumes_and_ends_as_an_uninterrupted_one(
-    request_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    whole = _build(request_args, tmp_path / "whole", capsys)
-    assert all(stage["ran"] for stage in whole["stages"].values())
+STAGES = ("refusal", "corpus", "cache")
 
+
+@pytest.mark.parametrize("killed_in", STAGES)
+def test_a_build_killed_mid_stage_resumes_and_ends_as_an_uninterrupted_one(
+    request_args: list[str], whole: tuple[dict, Path], tmp_path: Path, killed_in: str
+) -> None:
     cache = tmp_path / "killed"
     workspace = cache / "workspaces" / "tiny-neox"
     build = subprocess.Popen(
@@ -90,32 +103,35 @@ def test_a_build_killed_mid_stage_resumes_and_ends_as_an_uninterrupted_one(
     )
     try:
         deadline = time.monotonic() + 60
-        while True:  # kill -9 as soon as the last stage runs
+        while True:  # kill -9 as soon as the chosen stage runs
             try:
                 status = json.loads((workspace / BUILD_STATUS).read_text())
             except (OSError, ValueError):
                 status = {"stages": {}}
-            if status["stages"].get("cache", {}).get("state") == "running":
+            if status["stages"].get(killed_in, {}).get("state") == "running":
                 break
-            assert time.monotonic() < deadline and build.poll() is None, "the build never reached the cache"
+            assert time.monotonic() < deadline and build.poll() is None, (
+                f"the build never reached {killed_in}"
+            )
             time.sleep(0.05)
         build.send_signal(signal.SIGKILL)
         build.wait(timeout=30)
     finally:
         build.kill()
-    assert [status["stages"][name]["state"] for name in ("refusal", "corpus")] == ["done", "done"]
+    done_before = STAGES[: STAGES.index(killed_in)]
+    assert all(status["stages"][name]["state"] == "done" for name in done_before)
     assert json.loads((workspace / BUILD_STATUS).read_text())["state"] == "running"  # left by the killed one
     assert not lock_held(workspace / BUILD_LOCK)  # ... which holds no lock: stopped, not running
     assert not (workspace / "workspace.json").exists()
-    done = [*(cache / "refusal").rglob("*"), *(cache / "corpus").rglob("*")]
+    outputs = {"refusal": cache / "refusal", "corpus": cache / "corpus"}
+    done = [p for name in done_before if name in outputs for p in outputs[name].rglob("*")]
     before = {p: p.stat().st_mtime_ns for p in done if p.is_file()}
 
-    resumed = _build(request_args, cache, capsys)
+    resumed = _build(request_args, cache)
     assert {name: stage["ran"] for name, stage in resumed["stages"].items()} == {
-        "refusal": False,
-        "corpus": False,
-        "cache": True,
+        name: name not in done_before for name in STAGES
     }
-    assert {p: p.stat().st_mtime_ns for p in before} == before  # direction and corpus not made again
-    assert _stable(resumed, cache) == _stable(whole, tmp_path / "whole")  # fingerprints, the direction
-    assert _digest(cache) == _digest(tmp_path / "whole")  # every array, the latent cache's included
+    assert {p: p.stat().st_mtime_ns for p in before} == before  # what was complete is not made again
+    report, whole_cache = whole
+    assert _stable(resumed, cache) == _stable(report, whole_cache)  # fingerprints, the direction
+    assert _digest(cache) == _digest(whole_cache)  # every array, the latent cache's included

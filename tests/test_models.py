@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -21,7 +24,7 @@ from explorer.core.models import (
     resolve_spec,
     special_token_ids,
 )
-from explorer.core.paths import atomic_directory, write_json_atomic
+from explorer.core.paths import atomic_directory, scratch_directory, write_json_atomic
 from tests.helpers import save_tiny_model_dir
 
 
@@ -121,6 +124,20 @@ def test_atomic_directory_keeps_the_old_one_when_the_build_fails(tmp_path: Path)
         raise RuntimeError("killed")
     assert (final / "a.json").read_text().count('"v": 1') == 1
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_a_killed_writers_temporary_directories_are_removed_by_the_next(tmp_path: Path) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs, as after kill -9
+    (tmp_path / f".out.{dead.pid}.abc.partial").mkdir()
+    (tmp_path / f".codes.{dead.pid}.abc.partial" / "spill").mkdir(parents=True)
+    live = tmp_path / f".out.{os.getpid()}.xyz.partial"  # a writer still at work: left alone
+    live.mkdir()
+    with atomic_directory(tmp_path / "out") as tmp:
+        (tmp / "a.json").write_text("{}")
+    with scratch_directory(tmp_path, "codes") as scratch:
+        assert scratch.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", live.name])
 
 
 def _replace_repeatedly(final: Path, writer: int, times: int, errors: list[BaseException]) -> None:

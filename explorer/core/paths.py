@@ -117,6 +117,38 @@ def _swap_in(new: Path, final: Path) -> Path | None:
                 shutil.rmtree(previous, ignore_errors=True)
 
 
+def _remove_orphans(final: Path) -> None:
+    """Delete the temporary siblings of `final` left by writers that died (`kill -9` skips `finally`):
+    each carries its writer's pid, and a live writer's is left alone."""
+    for orphan in final.parent.glob(f".{final.name}.*.partial"):
+        pid = orphan.name.removeprefix(f".{final.name}.").split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(orphan, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+@contextmanager
+def scratch_directory(parent: Path, name: str) -> Iterator[Path]:
+    """A temporary directory in `parent` for work that does not fit in memory, removed on exit; one that
+    a killed writer left behind is removed by the next writer of the same `name`."""
+    parent.mkdir(parents=True, exist_ok=True)
+    _remove_orphans(parent / name)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.{os.getpid()}.", suffix=".partial", dir=parent))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 @contextmanager
 def atomic_directory(final: Path) -> Iterator[Path]:
     """Yield a temporary sibling directory that replaces `final` only if the body succeeds.
@@ -126,7 +158,8 @@ def atomic_directory(final: Path) -> Iterator[Path]:
     writers each work in their own temporary directory; the last to finish wins.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    _remove_orphans(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", suffix=".partial", dir=final.parent))
     try:
         yield tmp
         previous = _swap_in(tmp, final)

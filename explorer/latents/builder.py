@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import resource
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
@@ -34,7 +33,7 @@ from safetensors.torch import load_file, save_file
 from explorer import __version__
 from explorer.core.hooks import run_to
 from explorer.core.models import LoadedModel, model_fingerprint
-from explorer.core.paths import atomic_directory, write_json_atomic
+from explorer.core.paths import atomic_directory, scratch_directory, write_json_atomic
 from explorer.latents.budget import MEMORY_BUDGET, encode_batch_tokens
 from explorer.latents.context import Batch, Codes, CodeSpill, gather_context, request_starts
 from explorer.latents.effects import direction_cosines, logit_effects, nearest_latents, sae_device
@@ -351,13 +350,13 @@ def build_latent_cache(
     keep = cache_rows(corpus) if rows is None else cache_rows(corpus) & rows
     target = directory or latent_cache_dir(loaded.name, sae.name)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".codes-") as tmp:
+    with scratch_directory(target.parent, "codes") as tmp:
         batches = (
             model_batches(loaded, corpus, sae.hook, keep)
             if activations is None
             else stored_batches(activations, sae.hook, keep)
         )
-        spill = CodeSpill(Path(tmp), sae.d_sae)
+        spill = CodeSpill(tmp, sae.d_sae)
         acc, means = accumulate(sae, batches, corpus, config, spill, budget)
         t_pass = time.perf_counter() - start
         arrays = finalize(
