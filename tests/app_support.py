@@ -30,8 +30,17 @@ def build_tiny_workspace(cache: Path, model_dir: Path) -> dict[str, object]:
         relaxed = RefusalConfig(n_val=4, induce_threshold=-math.inf, kl_threshold=math.inf, kl_relaxation=())
         compute_refusal(loaded, relaxed, progress=False)
         small = SAETrainConfig(d_sae=64, k=4, training_samples=2000, batch_size=500, autocast=False)
+        # Python prose only, 17% held out: the text the tiny SAE leaves some latents dead on, so the
+        # pages' dead-latent filters are exercised (more varied text wakes all 64).
         corpus = CorpusConfig(
-            seq_len=48, response_tokens=6, text_tokens=2000, prompts_per_label=8, batch_size=8
+            seq_len=48,
+            response_tokens=6,
+            text_tokens=2000,
+            heldout_fraction=0.17,
+            prompts_per_label=8,
+            batch_size=8,
+            train_sources=("python-docs",),
+            heldout_sources=(),
         )
         stage = SAEStageConfig(main=small, side=small, corpus=corpus, fast_dtype=None, loss_rows=4)
         build_saes(str(model_dir), stage)

@@ -167,7 +167,8 @@ def test_overview_states_the_dense_threshold_its_sae_reports_used(
     for threshold in (0.25, 0.05):
         for path in reports:
             data = json.loads(path.read_text(encoding="utf-8"))
-            path.write_text(json.dumps({**data, "dense_threshold": threshold}), encoding="utf-8")
+            data["reconstruction"]["dense_threshold"] = threshold  # where quality_report stores it
+            path.write_text(json.dumps(data), encoding="utf-8")
         app = _run(monkeypatch, str(tiny_dir), cache)
         assert not app.exception
         assert any(f"dense: active on > {threshold:.0%} of them" in c.value for c in app.caption)

@@ -299,8 +299,10 @@ def score_candidates(
     would discard anyway is not computed (None): layers at or past the cut get no scores, candidates the
     induce screen (`_screen`, a few prompts) finds far from inducing refusal none, those with induce at
     or below the threshold no KL, and bypass only those under the KL threshold `select` will
-    use (the first of `kl_threshold`, then `kl_relaxation`, that any eligible candidate passes). The
-    selection is the same as scoring everything, at a fraction of the cost.
+    use (the first of `kl_threshold`, then `kl_relaxation`, that any eligible candidate passes). Without
+    the screen (`n_screen=0`) the selection is the same as scoring everything; with it, a candidate the
+    screen drops could change it only if its few prompts understated its induce score by more than
+    `screen_margin` while 16 others looked better.
 
     Args:
         always: (location index, position index) pairs scored fully whatever the filters say, e.g. a
