@@ -218,12 +218,6 @@ def _window(example: Example, before: int, after: int) -> Window:
     return Window(e.row, e.pos - e.focus, e.context, e.values)
 
 
-def _span(example: Example, config: AutoInterpConfig) -> tuple[int, int, int]:
-    """(row, first position, end position) of the window the example is shown in."""
-    window = _window(example, config.before, config.after)
-    return window.row, window.start, window.start + len(window.tokens)
-
-
 def _split_examples(record: LatentRecord, config: AutoInterpConfig) -> tuple[list[Example], list[Example]]:
     """(shown to the explainer, held out for detection): the top examples and one example of groups
     spread over the range are shown; the held-out ones come from every group in turn, then the top."""
@@ -237,14 +231,14 @@ def _split_examples(record: LatentRecord, config: AutoInterpConfig) -> tuple[lis
             shown.append(e)
     depth = max(map(len, groups), default=0)
     rest = [g[layer] for layer in range(depth) for g in groups if layer < len(g)]
-    # A held-out window must not share text with a shown one (two activations a few tokens apart in one
-    # row make overlapping windows): the detector would recognise what the explainer saw.
-    spans = [_span(e, config) for e in shown]
+    # A held-out window shares no token with a shown one: the detector would recognise the text.
+    windows = [_window(e, config.before, config.after) for e in shown]
+    covered = {(w.row, p) for w in windows for p in range(w.start, w.start + len(w.tokens))}
     held: list[Example] = []
     for e in [*rest, *record.top_examples[config.n_top :]]:
-        row, lo, hi = _span(e, config)
-        overlaps = any(r == row and lo < end and start < hi for r, start, end in spans)
-        if (e.row, e.pos) not in seen and not overlaps and len(held) < config.n_detect:
+        w = _window(e, config.before, config.after)
+        clash = any((w.row, p) in covered for p in range(w.start, w.start + len(w.tokens)))
+        if (e.row, e.pos) not in seen and not clash and len(held) < config.n_detect:
             seen.add((e.row, e.pos))
             held.append(e)
     while len(held) < min(config.n_detect, (len(shown) + len(held)) // 2):
