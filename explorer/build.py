@@ -102,6 +102,11 @@ def default_stages() -> list[Stage]:
     ]
 
 
+def default_complete() -> bool:
+    """True when every stage of the offline default's build has its output."""
+    return all(stage.is_complete() for stage in default_stages())
+
+
 def _run_organism(force: bool) -> None:
     from explorer.refusal.organism import build_organism
 
@@ -361,6 +366,6 @@ def build_default(
     with build_lock(cache_dir() / BUILD_LOCK, lock_fd):
         report = run_stages(default_stages(), only, force, status=cache_dir() / BUILD_STATUS)
         write_json_atomic(cache_dir() / BUILD_MANIFEST, report)
-        if all(stage.is_complete() for stage in default_stages()):
+        if default_complete():
             write_manifest(replace(default_manifest(), stages=report["stages"]))
     return report

@@ -102,6 +102,11 @@ class BuildView:
             return 0.0
         return min(self.elapsed / (self.elapsed + self.remaining), 0.99)
 
+    @property
+    def landed(self) -> tuple[str, ...]:
+        """The stages whose output is there, in build order."""
+        return tuple(s.name for s in self.stages if s.complete)
+
     def stage(self, name: str) -> StageView:
         return next(s for s in self.stages if s.name == name)
 

@@ -46,11 +46,11 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def _start_background(args: argparse.Namespace) -> int:
     """`explorer build --background` (what `make demo` runs): start the build detached and return."""
-    from explorer.build import default_stages
+    from explorer.build import default_complete
     from explorer.build_watch import LOG_FILE, start_background, stderr_fd
     from explorer.core.paths import cache_dir
 
-    if not args.only and not args.force and all(stage.is_complete() for stage in default_stages()):
+    if not args.only and not args.force and default_complete():
         sys.stderr.write("[build] the offline default is built: nothing to do\n")
         return 0
     stages = [option for name in args.only or () for option in ("--only", name)]

@@ -48,9 +48,14 @@ class PromptRecord:
         return asdict(self)
 
 
+def stable_fraction(key: str) -> float:
+    """A fixed number in [0, 1) from a hash of `key`: the same key always gets the same number."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
+
+
 def stable_split(key: str, fractions: tuple[float, float] = (0.6, 0.2)) -> Split:
     """A fixed split from a hash of `key`: the same key always lands in the same split."""
-    u = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
+    u = stable_fraction(key)
     if u < fractions[0]:
         return "train"
     return "val" if u < fractions[0] + fractions[1] else "test"

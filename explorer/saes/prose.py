@@ -14,6 +14,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from explorer.core.prompts import stable_fraction
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
@@ -127,7 +129,7 @@ def pack_documents(docs: list[list[int]], seq_len: int, separator: list[int]) ->
 
 def heldout_key(seed: int, doc_id: str) -> float:
     """A fixed number in [0, 1) per document and seed; documents below the held-out fraction are held out."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{doc_id}".encode()).digest()[:8], "big") / 2**64
+    return stable_fraction(f"{seed}:{doc_id}")
 
 
 def take_documents(

@@ -91,27 +91,23 @@ def start_button(view: BuildView, key: str) -> None:
         st.warning(launch.message)
 
 
-def wait_for_stages(page: str) -> None:
+def wait_for_stages(page: str, view: BuildView) -> None:
     """Stop the page with a message naming the stage that brings its data (its state, time left) until
-    that stage is complete, then rerun the app; once it opens, say what is still to come. Every look at
-    the build after the first runs in a fragment, so a page that waits never reloads anything else."""
+    that stage is complete, then rerun the app; once it opens, say what is still to come. `view` is the
+    page run's first look at the build; every later one runs in a fragment, so a page that waits never
+    reloads anything else."""
     needs = PAGE_NEEDS[page]
-    view = build_state()
     if view.stage(needs.opens).complete:
         if not view.stage(needs.full).complete:
-            st.fragment(_arriving, run_every=WAIT_REFRESH)(needs, _landed(view))
+            st.fragment(_arriving, run_every=WAIT_REFRESH)(needs, view.landed)
         return
     st.fragment(_waiting, run_every=WAIT_REFRESH)(needs, page)
     st.stop()
 
 
-def _landed(view: BuildView) -> tuple[str, ...]:
-    return tuple(s.name for s in view.stages if s.complete)
-
-
 def _arriving(needs: PageNeeds, landed: tuple[str, ...]) -> None:
     view = build_state()
-    if _landed(view) != landed:
+    if view.landed != landed:
         st.rerun()
     full = view.stage(needs.full)
     if view.running:

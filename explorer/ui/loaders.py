@@ -14,7 +14,7 @@ import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
 from explorer.build import BUILD_MANIFEST
-from explorer.build_watch import build_state
+from explorer.build_watch import BuildView, build_state
 from explorer.core.models import ORGANISM_NAME, ModelError
 from explorer.core.paths import cache_dir
 from explorer.latents.reader import CacheError, LatentCache
@@ -210,8 +210,9 @@ def workspace_or_stop(page: str | None = None) -> Workspace:
     through_app_navigation()
     key = workspace_picker()
     if page is not None and _is_default(key):
-        wait_for_stages(page)
-        _forget_when_stages_land()
+        view = build_state()
+        wait_for_stages(page, view)
+        _forget_when_stages_land(view)
     environment = (os.environ.get(DEVICE_ENV, ""), os.environ.get(DTYPE_ENV, ""))
     try:
         workspace = cached_workspace(key, str(cache_dir()), *environment)
@@ -248,12 +249,11 @@ _landed: dict[str, tuple[str, ...]] = {}
 """The default build's complete stages when a page last looked, per cache root (this process)."""
 
 
-def _forget_when_stages_land() -> None:
+def _forget_when_stages_land(view: BuildView) -> None:
     """Drop loaded workspaces when a stage of the default's build has landed since the last look: the
     default loaded before it (say, without its SAEs) would otherwise stay cached under the same key."""
     root = str(cache_dir())
-    view = build_state()
-    landed = (*(s.name for s in view.stages if s.complete), "running" if view.running else "idle")
+    landed = (*view.landed, "running" if view.running else "idle")
     if _landed.setdefault(root, landed) != landed:
         _landed[root] = landed
         cached_workspace.clear()
