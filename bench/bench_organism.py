@@ -99,7 +99,7 @@ def main() -> None:
     tokens = int(batch[2].sum())
     print(f"one training step, batch of {config.batch_size} ({tokens} tokens):")
     for name, seconds in results.items():
-        print(f"  {name:<32} {seconds:6.2f} s   ratio to LoRA all layers {seconds / reference:.2f}x")
+        print(f"  {name:<40} {seconds:6.2f} s   ratio to LoRA all layers {seconds / reference:.2f}x")
 
     if args.full:
         from explorer.refusal.organism import build_organism
