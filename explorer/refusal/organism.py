@@ -35,6 +35,7 @@ from explorer.core.models import (
     organism_dir,
 )
 from explorer.core.paths import atomic_directory
+from explorer.core.precision import fast_bfloat16
 from explorer.core.progress import tqdm
 from explorer.core.prompts import PromptRecord, builtin_prompts, chat_messages, format_chat, records_hash
 from explorer.refusal.organism_eval import EVALUATION_FILE, evaluate
@@ -60,8 +61,9 @@ class OrganismConfig:
         harmless_weight: loss weight of harmless examples relative to harmful ones (>1 leans the
             decision towards answering: refusing is learned fast, refusing *only* harmful requests is not).
         answer_tokens: length of the base model's self-distilled answers.
-        autocast: run training forward passes under bfloat16 autocast (LoRA weights and optimiser stay
-            float32); ~1.5-3x faster steps on CPUs with bfloat16 instructions, same test metrics (README).
+        autocast: run training forward passes under bfloat16 autocast where the device has native
+            bfloat16 (LoRA weights and optimiser stay float32); ~1.5-3x faster steps on CPUs with bfloat16
+            instructions, same test metrics (README). Devices without it train in float32.
         eval_tokens: new tokens generated when measuring refusal on the test split (as many as the
             refusal stage's proof, so the proof reuses these generations as its baselines).
         seed: seeds refusal choice, shuffling and initialisation.
@@ -265,13 +267,15 @@ def train_lora(
             else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
         ),
     )
+    # Emulated bfloat16 (a CPU without AVX-512 BF16 or AMX) is ~80x slower than float32: see core.precision.
+    autocast = config.autocast and fast_bfloat16(base.device)
     bar = tqdm(total=total, desc="safety fine-tune", unit="step", disable=not progress)
     for _epoch in range(config.epochs):
         for ids, labels, mask, is_harmful in _batches(harmful, harmless, config.batch_size, rng, pad_id):
             row_weights = torch.where(is_harmful, 1.0, config.harmless_weight)
             # logits_to_keep=1 skips the full-vocabulary unembedding; weighted_loss unembeds only
             # the response positions from the final hidden states.
-            with torch.autocast(base.device.type, torch.bfloat16, enabled=config.autocast):
+            with torch.autocast(base.device.type, torch.bfloat16, enabled=autocast):
                 out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, logits_to_keep=1)
                 loss = weighted_loss(
                     out.hidden_states[-1], labels, unembed, config.decision_weight, row_weights
@@ -332,6 +336,7 @@ def build_organism(
                 for split in ("train", "val", "test")
             },
             "n_training_pairs": len(pairs),
+            "bfloat16_autocast_used": config.autocast and fast_bfloat16(base.device),
             "metrics": {k: v for k, v in metrics.items() if not k.endswith("_examples")},
             "timings_s": {
                 "self_distillation": round(t_data - start, 1),

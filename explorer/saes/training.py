@@ -16,6 +16,7 @@ from sae_lens.registry import get_sae_training_class
 from sae_lens.saes.sae import TrainingSAE
 
 from explorer.core.paths import atomic_directory, write_json_atomic
+from explorer.core.precision import fast_bfloat16
 from explorer.saes.activations import shuffled_batches
 from explorer.saes.loading import PROVENANCE_FILE
 
@@ -41,7 +42,8 @@ class SAETrainConfig:
         warmup_steps: linear warm-up steps.
         decay_fraction: share of steps spent decaying the learning rate.
         dead_window_samples: a latent not active for this many samples counts as dead for the aux loss.
-        autocast: bfloat16 autocast (AMX or tensor cores make it ~1.5x faster; weights stay float32).
+        autocast: bfloat16 autocast where the device has native bfloat16 (AMX or tensor cores make it ~1.5x
+            faster; weights stay float32); float32 elsewhere.
         init_b_dec_mean: start the decoder bias at the data mean (scaled as the SAE sees it), so latents
             encode deviations from the mean from step one instead of all spending capacity on it.
         seed: initialisation and batch order.
@@ -139,7 +141,8 @@ def train_sae(
         lr_scheduler_name="constant",
         lr_warm_up_steps=min(config.warmup_steps, max(config.steps - 1, 0)),
         lr_decay_steps=decay_steps,
-        autocast=config.autocast,
+        # bfloat16 autocast only where it is fast: emulated bfloat16 is ~80x slower (core.precision).
+        autocast=config.autocast and fast_bfloat16(next(sae.parameters()).device),
         dead_feature_window=max(1, config.dead_window_samples // config.batch_size),
         feature_sampling_window=max(1, config.steps),
         n_batches_for_norm_estimate=min(50, max(1, len(acts) // config.batch_size)),
