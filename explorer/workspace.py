@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from explorer.core.judge import Judge, SubstringJudge
 from explorer.core.models import LoadedModel, ModelConfig, load_model, model_fingerprint
 from explorer.latents.reader import CacheError, LatentCache
 from explorer.latents.schema import latent_cache_dir
@@ -57,8 +58,11 @@ class Workspace:
         """hook -> [d_sae] each latent's max on its cache's corpus."""
         return {hook: cache.column("max") for hook, cache in self.caches.items()}
 
-    def steerer(self) -> Steerer:
-        return Steerer(self.loaded, self.saes, self.refusal, self.max_activations())
+    def steerer(self, judge: Judge | None = None) -> Steerer:
+        """What steering needs from this workspace; `judge` judges each reply (default: the offline one)."""
+        return Steerer(
+            self.loaded, self.saes, self.refusal, self.max_activations(), judge or SubstringJudge()
+        )
 
 
 def load_workspace(

@@ -4,7 +4,15 @@ import streamlit as st
 
 from explorer.core.prompts import builtin_prompts
 from explorer.steering.evaluation import EvalConfig
-from explorer.ui.evaluate_widgets import MODES, SPLITS, STRENGTHS, choose_latents, run_sweep, show_sweep
+from explorer.ui.evaluate_widgets import (
+    MODES,
+    STRENGTHS,
+    choose_judge,
+    choose_latents,
+    choose_prompts,
+    run_sweep,
+    show_sweep,
+)
 from explorer.ui.loaders import workspace_or_stop
 from explorer.ui.state import EVAL_RESULT
 
@@ -30,7 +38,7 @@ latents: list[tuple[str, int]] = []
 units = "raw"
 if not mode.startswith("direction"):
     latents = choose_latents(workspace)
-    if mode != "multiply":
+    if mode not in ("multiply", "scale"):  # factors have no units
         units = st.radio(
             "Units",
             ["max", "raw"],
@@ -42,10 +50,11 @@ strengths = ""
 if mode != "direction-ablate":
     label = "Factors" if mode == "multiply" else "Alphas" if mode == "direction-add" else "Strengths"
     strengths = st.text_input(f"{label} (comma-separated)", STRENGTHS[mode], key=f"eval_strengths_{mode}")
-cols = st.columns(4)
-split = cols[0].radio("Split", SPLITS, horizontal=True, key="eval_split")
+prompt_set, split, uploaded = choose_prompts()
+judge = choose_judge()
+cols = st.columns(3)
 n_split = max(len(builtin_prompts(label, split)) for label in ("harmful", "harmless"))
-n_prompts = cols[1].number_input(
+n_prompts = cols[0].number_input(
     "Prompts per label",
     1,
     n_split,
@@ -54,8 +63,8 @@ n_prompts = cols[1].number_input(
     help=f"spread evenly over the categories; {n_split} takes the whole split, as `explorer eval` does",
 )
 defaults = EvalConfig()  # the same defaults as `explorer eval`, so the README's table is reproducible here
-tokens = cols[2].number_input("Tokens per reply", 1, 256, defaults.max_new_tokens, key="eval_tokens")
-loss_rows = cols[3].number_input(
+tokens = cols[1].number_input("Tokens per reply", 1, 256, defaults.max_new_tokens, key="eval_tokens")
+loss_rows = cols[2].number_input(
     "Capability transcripts",
     0,
     256,
@@ -63,12 +72,14 @@ loss_rows = cols[3].number_input(
     key="eval_loss_rows",
     help="held-out harmless transcripts for CE and KL (0 skips them)",
 )
-config = EvalConfig(split, int(n_prompts), int(n_prompts), int(tokens), loss_rows=int(loss_rows))
-if st.button("Run sweep", type="primary", key="eval_run"):
+config = EvalConfig(
+    split, int(n_prompts), int(n_prompts), int(tokens), loss_rows=int(loss_rows), prompt_set=prompt_set
+)
+if st.button("Run sweep", type="primary", key="eval_run", disabled=judge is None):
     if not mode.startswith("direction") and not latents:
         st.error("Choose at least one latent to sweep.")
-    else:
-        run_sweep(workspace, mode, latents, strengths, units, config)
+    elif judge is not None:
+        run_sweep(workspace, mode, latents, strengths, units, config, judge, uploaded)
 result = st.session_state.get(EVAL_RESULT)
 if result is None:
     st.info("Run a sweep to see the trade-off; the last result stays here while you explore.")

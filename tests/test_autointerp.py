@@ -6,9 +6,7 @@ from __future__ import annotations
 import json
 import re
 import socket
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ from safetensors.torch import load_file
 
 from explorer.cli.main import main
 from explorer.cli.notes import model_name
+from explorer.core.llm import ChatClient, EndpointConfig, LLMError
 from explorer.core.models import LoadedModel
 from explorer.core.paths import CACHE_ENV, USER_ENV
 from explorer.latents.autointerp import (
@@ -36,9 +35,6 @@ from explorer.latents.autointerp_client import (
     EXPLAIN_SYSTEM,
     MAX_EXPLANATION_CHARS,
     PROMPT_VERSION,
-    ChatClient,
-    EndpointConfig,
-    LLMError,
     ReplyError,
     parse_detection,
     parse_explanation,
@@ -49,6 +45,7 @@ from explorer.latents.reader import CacheError, LatentCache
 from explorer.latents.schema import TOKENS_FILE, CacheConfig
 from explorer.saes.activations import load_activations
 from explorer.saes.loading import LoadedSAE
+from tests.fake_llm import Answer, FakeLLM, completion
 from tests.helpers import build_tiny_latent_cache
 
 HOOK = "blocks.2.hook_resid_pre"
@@ -57,18 +54,9 @@ CACHE_CONFIG = CacheConfig(
 )
 CONFIG = AutoInterpConfig(n_top=2, n_groups=2, n_detect=4, before=3, after=2, candidate_rows=64)
 PHRASE = "the word 'the' after a verb"
-Answer = Callable[[dict[str, Any]], tuple[int, Any]]
 
 
 # --- a fake OpenAI-compatible endpoint ------------------------------------------------------------------
-
-
-def completion(text: str) -> dict[str, Any]:
-    message = {"role": "assistant", "content": text}
-    return {
-        "object": "chat.completion",
-        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-    }
 
 
 def numbered_windows(body: dict[str, Any]) -> dict[int, str]:
@@ -91,49 +79,6 @@ def labeller(detect: Callable[[dict[int, str]], str], explain: str = f"Explanati
         return 200, completion(detect(numbered_windows(request["body"])))
 
     return answer
-
-
-class FakeLLM:
-    """An HTTP server on 127.0.0.1 answering `/v1/chat/completions` and `/v1/models` with `answer`,
-    recording every request (path, headers, JSON body)."""
-
-    def __init__(self, answer: Answer) -> None:
-        self.answer = answer
-        self.requests: list[dict[str, Any]] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _reply(self, body: dict[str, Any] | None) -> None:
-                request = {"path": self.path, "headers": dict(self.headers), "body": body}
-                fake.requests.append(request)
-                status, payload = fake.answer(request)
-                data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_POST(self) -> None:
-                self._reply(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-
-            def do_GET(self) -> None:
-                self._reply(None)
-
-            def log_message(self, format: str, *args: Any) -> None:  # quiet: no request log
-                pass
-
-        self.server = HTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def chats(self) -> list[dict[str, Any]]:
-        return [r for r in self.requests if r["path"].endswith("/chat/completions")]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

@@ -377,8 +377,17 @@ def test_evaluate_runs_a_sweep_and_keeps_the_result(open_page: Open) -> None:
     assert len(result["latents"]) == 3  # top 3 by refusal cosine
     assert len(app.get("plotly_chart")) == 1
     assert list(app.dataframe[0].value["setting"]) == ["unsteered", "set 1×max", "set 4×max"]
-    assert "CE increase (nats)" in app.dataframe[0].value.columns
-    assert [d.label for d in app.download_button] == ["Download CSV", "Download JSON"]
+    assert {"CE increase (nats)", "95% CI harmful", "degenerate harmless"} <= set(
+        app.dataframe[0].value.columns
+    )
+    # Every reply of the chosen setting is browsable with its verdict (harmful prompts of "unsteered" first).
+    replies = app.dataframe[1].value
+    assert len(replies) == 2 and set(replies["verdict"]) <= {"refusal", "compliance", "degenerate"}
+    assert list(replies["prompt"]) == [r["prompt"] for r in result["points"][0].replies[:2]]
+    app.multiselect(key="eval_replies_verdicts").set_value([]).run()
+    assert len(app.dataframe[1].value) == 0
+    labels = [d.label for d in app.download_button]
+    assert labels == ["Download every reply (CSV)", "Download CSV", "Download JSON"]
     app.run()  # a rerun shows the kept result without recomputing it
     assert app.session_state[EVAL_RESULT] is result
     assert len(app.get("plotly_chart")) == 1

@@ -61,6 +61,29 @@ def test_a_setup_survives_a_share_link_exactly() -> None:
     assert json.loads(base64.urlsafe_b64decode(link + "==="))["version"] == SHARE_VERSION
 
 
+@pytest.mark.parametrize(
+    "direction",
+    [DirectionBaseline("cap", -12.5), DirectionBaseline("floor", 250.0), DirectionBaseline("scale", 0.0)],
+    ids=lambda d: d.kind,
+)
+def test_residual_direction_modes_survive_a_share_link_and_a_preset(direction: DirectionBaseline) -> None:
+    spec = SteeringSpec(
+        (Clamp(HOOK, 5, "cap", 3.5), Clamp(HOOK, 7, "floor", 1.0, "max"), Clamp(HOOK, 9, "scale", 0.25)),
+        trigger=Trigger("blocks.0.hook_resid_pre", 2, 0.25),
+        direction=direction,
+    )
+    setup = replace(SETUP, spec=spec)
+    back = decode_setup(encode_setup(setup))
+    assert back == setup
+    assert [(c.mode, c.value, c.units) for c in back.spec.clamps] == [
+        ("cap", 3.5, "raw"),
+        ("floor", 1.0, "max"),
+        ("scale", 0.25, "raw"),
+    ]
+    assert back.spec.direction == direction
+    assert read_preset(preset_json(spec, SAMPLING)) == (spec, SAMPLING)
+
+
 def test_a_link_from_a_newer_explorer_is_refused() -> None:
     data = {**SETUP.to_dict(), "version": SHARE_VERSION + 1}
     with pytest.raises(ShareError, match="newer than this explorer reads"):
@@ -83,6 +106,8 @@ def test_a_link_from_a_newer_explorer_is_refused() -> None:
         (_clamp_link(HOOK, -1, "set", 1), "non-negative"),
         (_clamp_link(3, 1, "set", 1), "hook 3"),
         (_clamp_link(HOOK, 1, "set", "lots"), "finite number"),
+        (_clamp_link(HOOK, 1, "scale", 500.0), "must be <= 100"),
+        (_link({"version": 1, "spec": {"direction": {"kind": "cap", "alpha": 2e4}}}), "must be <= 10000"),
         (_link({"version": 1, "spec": {"clamps": ["x"]}}), "malformed"),
         (_link({"version": 1, "sampling": {"temperature": 9.0}}), "temperature must be in"),
         (_link({"version": 1, "sampling": {"seed": 1.5}}), "whole number"),

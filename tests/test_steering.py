@@ -13,13 +13,23 @@ from explorer.core.generation import SamplingConfig, encode_chats
 from explorer.core.hooks import capture, forward, intervene
 from explorer.core.models import LoadedModel
 from explorer.core.prompts import DataError
-from explorer.refusal.direction import RefusalDirection
+from explorer.refusal.direction import RefusalDirection, location_names
 from explorer.saes.loading import wrap_sae
-from explorer.steering.decode import Steerer, decode, draw, generate_side_by_side, nucleus, sample_next
+from explorer.steering.decode import (
+    Steerer,
+    decode,
+    draw,
+    generate_side_by_side,
+    latent_labels,
+    nucleus,
+    sample_next,
+)
 from explorer.steering.hooks import StepState, steering_hooks
 from explorer.steering.spec import (
     Clamp,
     DirectionBaseline,
+    DirectionKind,
+    Mode,
     SteeringError,
     SteeringSpec,
     Trigger,
@@ -30,6 +40,7 @@ from tests.helpers import tiny_sae
 
 HOOK = "blocks.2.hook_resid_pre"
 EARLY = "blocks.1.hook_resid_pre"
+FIRST = "blocks.0.hook_resid_pre"
 PROMPT = "Tell me about owls."
 GREEDY = SamplingConfig(max_new_tokens=8)
 SAMPLED = SamplingConfig(max_new_tokens=8, temperature=1.0, top_p=0.9, seed=7)
@@ -46,22 +57,29 @@ def steerer(tiny: LoadedModel) -> Steerer:
     return Steerer(tiny, saes, refusal, {HOOK: torch.full((32,), 5.0)})
 
 
-def _forward_edit(steerer: Steerer, spec: SteeringSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(residual at HOOK before, after the spec's hooks, the steered mask) on one prompt."""
+def _forward_edit(
+    steerer: Steerer, spec: SteeringSpec, at: str = HOOK, state: StepState | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(residual at `at` before, after the spec's hooks, the steered mask) on one prompt; `state` defaults
+    to every position but the first steered."""
     loaded = steerer.loaded
     _, batch = encode_chats(loaded, [PROMPT])
-    width = batch["input_ids"].shape[1]
-    state = StepState()
-    state.real = torch.arange(width)[None, :] > 0
-    state.mask = state.real.clone()
+    if state is None:
+        real = torch.arange(batch["input_ids"].shape[1])[None, :] > 0
+        state = StepState(real=real, mask=real.clone())
     hooks = steering_hooks(
-        spec, steerer.saes, state, loaded.n_layers, max_activations=steerer.max_activations
+        spec,
+        steerer.saes,
+        state,
+        loaded.n_layers,
+        max_activations=steerer.max_activations,
+        refusal=steerer.refusal,
     )
-    with capture(loaded.model, [HOOK]) as before, torch.no_grad():
+    with capture(loaded.model, [at]) as before, torch.no_grad():
         loaded.model(**batch, use_cache=False)
-    with intervene(loaded.model, hooks), capture(loaded.model, [HOOK]) as after, torch.no_grad():
+    with intervene(loaded.model, hooks), capture(loaded.model, [at]) as after, torch.no_grad():
         loaded.model(**batch, use_cache=False)
-    return before[HOOK][0][0], after[HOOK][0][0], state.mask[0]
+    return before[at][0][0], after[at][0][0], state.mask[0]
 
 
 def test_a_clamp_writes_exactly_its_difference_on_the_decoder_row(steerer: Steerer) -> None:
@@ -83,6 +101,131 @@ def test_units_of_the_latent_max_scale_the_value(steerer: Steerer) -> None:
     raw = _forward_edit(steerer, SteeringSpec((Clamp(HOOK, 3, "set", 10.0),)))[1]
     relative = _forward_edit(steerer, SteeringSpec((Clamp(HOOK, 3, "set", 2.0, "max"),)))[1]
     torch.testing.assert_close(raw, relative, rtol=0, atol=1e-5)  # max is 5.0
+
+
+def _unit(row: torch.Tensor) -> torch.Tensor:
+    return row / row.norm()
+
+
+def _by_hand(x: torch.Tensor, d: torch.Tensor, mode: str, v: float) -> torch.Tensor:
+    """The residual-direction formulas, written out: p = x . d for a unit d."""
+    p = x @ d
+    zero = torch.zeros_like(p)
+    if mode == "cap":
+        return x - torch.maximum(zero, p - v)[:, None] * d
+    if mode == "floor":
+        return x + torch.maximum(zero, v - p)[:, None] * d
+    assert mode == "scale"
+    return x + ((v - 1) * p)[:, None] * d
+
+
+def _projections(steerer: Steerer, latent: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(residual at HOOK, its projection on the latent's unit decoder direction, that direction)."""
+    before, _, _ = _forward_edit(steerer, SteeringSpec())
+    d = _unit(steerer.saes[HOOK].sae.W_dec.detach()[latent])
+    return before, before @ d, d
+
+
+def _moving_everywhere(p: torch.Tensor, mode: Mode) -> float:
+    """A value that moves every position with projections `p`: a cap below them all, a floor above them
+    all, or scale 0."""
+    return {"cap": float(p.min()) - 1.0, "floor": float(p.max()) + 1.0, "scale": 0.0}[mode]
+
+
+@pytest.mark.parametrize("mode", ["cap", "floor"])
+def test_cap_and_floor_bound_the_projection_on_the_latents_decoder_direction(
+    steerer: Steerer, mode: Mode
+) -> None:
+    _, p, d = _projections(steerer, 3)
+    v = float(p[1:].median())  # half the steered positions lie on each side
+    before, after, mask = _forward_edit(steerer, SteeringSpec((Clamp(HOOK, 3, mode, v),)))
+    torch.testing.assert_close(after[mask], _by_hand(before, d, mode, v)[mask], rtol=0, atol=1e-5)
+    assert torch.equal(after[0], before[0])  # the first position is never steered
+    beyond = mask & ((p > v) if mode == "cap" else (p < v))
+    assert 0 < int(beyond.sum()) < int(mask.sum())
+    assert torch.equal(after[mask & ~beyond], before[mask & ~beyond])  # never raised (cap) or lowered
+    torch.testing.assert_close(after[beyond] @ d, torch.full_like(p[beyond], v), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("factor", [0.0, 0.5, 3.0])
+def test_scale_multiplies_only_the_component_along_the_latents_decoder_direction(
+    steerer: Steerer, factor: float
+) -> None:
+    before, after, mask = _forward_edit(steerer, SteeringSpec((Clamp(HOOK, 3, "scale", factor),)))
+    d = _unit(steerer.saes[HOOK].sae.W_dec.detach()[3])
+    torch.testing.assert_close(after[mask], _by_hand(before, d, "scale", factor)[mask], rtol=0, atol=1e-5)
+    torch.testing.assert_close(after[mask] @ d, factor * (before[mask] @ d), rtol=0, atol=1e-5)
+    assert torch.equal(after[0], before[0])
+
+
+@pytest.mark.parametrize("mode", ["cap", "floor"])
+def test_cap_and_floor_in_units_of_the_max_are_the_projection_of_a_max_firing_latent(
+    steerer: Steerer, mode: Mode
+) -> None:
+    before, p, _ = _projections(steerer, 3)
+    v = float(p[1:].median())
+    norm = float(steerer.saes[HOOK].sae.W_dec.detach()[3].norm())
+    assert abs(norm - 1) > 0.05 and abs(v) > 1e-4  # so leaving out the decoder norm would show
+    contributed = 5.0 * norm  # the fixture's max is 5.0
+    raw = _forward_edit(steerer, SteeringSpec((Clamp(HOOK, 3, mode, v),)))[1]
+    relative = _forward_edit(steerer, SteeringSpec((Clamp(HOOK, 3, mode, v / contributed, "max"),)))[1]
+    assert not torch.equal(raw, before)
+    torch.testing.assert_close(relative, raw, rtol=0, atol=1e-5)
+
+
+def test_a_cap_above_or_a_floor_below_the_projection_and_scale_one_change_nothing(steerer: Steerer) -> None:
+    before, p, _ = _projections(steerer, 3)
+    high, low = float(p.max()) + 1.0, float(p.min()) - 1.0
+    for clamp in (Clamp(HOOK, 3, "cap", high), Clamp(HOOK, 3, "floor", low), Clamp(HOOK, 3, "scale", 1.0)):
+        after = _forward_edit(steerer, SteeringSpec((clamp,)))[1]
+        assert torch.equal(after, before), clamp
+    # The same bounds a little inside the range do bite, so the identities above are not vacuous.
+    for clamp in (
+        Clamp(HOOK, 3, "cap", float(p.max()) - 1e-3),
+        Clamp(HOOK, 3, "floor", float(p.min()) + 1e-3),
+    ):
+        assert not torch.equal(_forward_edit(steerer, SteeringSpec((clamp,)))[1], before), clamp
+
+
+@pytest.mark.parametrize("mode", ["cap", "floor", "scale"])
+def test_residual_direction_modes_leave_out_of_scope_positions_untouched(
+    steerer: Steerer, mode: Mode
+) -> None:
+    before, p, d = _projections(steerer, 3)
+    v = _moving_everywhere(p, mode)
+    positions = torch.arange(len(p))
+    real = positions > 0
+    in_scope = real & (positions >= len(p) // 2)  # the later half, as a scope would pick
+    state = StepState(real=real[None, :], mask=in_scope[None, :])
+    spec = SteeringSpec((Clamp(HOOK, 3, mode, v),))
+    _, after, mask = _forward_edit(steerer, spec, state=state)
+    assert torch.equal(after[~mask], before[~mask])  # the first token and every position out of scope
+    assert bool((after[mask] - before[mask]).abs().amax(-1).gt(1e-6).all())
+    torch.testing.assert_close(after[mask], _by_hand(before, d, mode, v)[mask], rtol=0, atol=1e-5)
+
+
+def test_encoder_modes_act_first_then_direction_modes_in_order_and_all_are_recorded(steerer: Steerer) -> None:
+    sae = steerer.saes[HOOK]
+    w_dec = sae.sae.W_dec.detach()
+    before, p5, d5 = _projections(steerer, 5)
+    f = sae.sae.encode(before).detach()
+    d7 = _unit(w_dec[7])
+    after_set = before + (4.0 - f[:, 3])[:, None] * w_dec[3]
+    v = float((after_set @ d5)[1:].median())
+    spec = SteeringSpec((Clamp(HOOK, 5, "cap", v), Clamp(HOOK, 3, "set", 4.0), Clamp(HOOK, 7, "scale", 0.5)))
+    real = torch.arange(len(p5))[None, :] > 0
+    state = StepState(real=real, mask=real.clone())
+    _, after, mask = _forward_edit(steerer, spec, state=state)
+    expected = _by_hand(_by_hand(after_set, d5, "cap", v), d7, "scale", 0.5)
+    torch.testing.assert_close(after[mask], expected[mask], rtol=0, atol=1e-5)
+    # Capping the incoming residual instead of the set one gives something else: the order is observable.
+    other = _by_hand(_by_hand(before, d5, "cap", v), d7, "scale", 0.5) + (4.0 - f[:, 3])[:, None] * w_dec[3]
+    assert (other[mask] - expected[mask]).abs().max() > 1e-4
+    # One column per clamp in the spec's order: each latent's activation before any clamp, at the last token.
+    torch.testing.assert_close(state.record[HOOK][0], f[-1, [5, 3, 7]], rtol=0, atol=1e-5)
+    reply = decode(steerer, [PROMPT], spec, sampling=GREEDY)[0]
+    assert latent_labels(spec) == [f"{HOOK}:5", f"{HOOK}:3", f"{HOOK}:7"]
+    assert all(len(step.latents) == 3 for step in reply.steps) and reply.steps
 
 
 def test_empty_spec_attaches_nothing_and_matches_a_plain_run(steerer: Steerer) -> None:
@@ -217,6 +360,34 @@ def test_a_trigger_steers_exactly_the_positions_where_its_latent_passes_the_thre
     torch.testing.assert_close(after[gated], expected[gated], rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("trigger_hook", [EARLY, HOOK], ids=["earlier-hook", "same-hook"])
+@pytest.mark.parametrize("mode", ["cap", "floor", "scale"])
+def test_a_trigger_gates_the_residual_direction_modes_position_by_position(
+    steerer: Steerer, mode: Mode, trigger_hook: str
+) -> None:
+    loaded = steerer.loaded
+    _, batch = encode_chats(loaded, [PROMPT])
+    with capture(loaded.model, [trigger_hook]) as plain, torch.no_grad():
+        forward(loaded.model, **batch, use_cache=False)
+    acts = steerer.saes[trigger_hook].sae.encode(plain[trigger_hook][0][0]).detach()  # [pos, d_sae]
+    real = torch.arange(acts.shape[0]) > 0
+    # A latent that splits the prompt's positions at its median (latent 3 is the clamped one).
+    latent = next(
+        i for i in range(acts.shape[1]) if i != 3 and int((acts[real, i] > acts[real, i].median()).sum()) > 0
+    )
+    threshold = float(acts[real, latent].median())
+    before, p, d = _projections(steerer, 3)
+    v = _moving_everywhere(p, mode)
+    spec = SteeringSpec((Clamp(HOOK, 3, mode, v),), trigger=Trigger(trigger_hook, latent, threshold))
+    state = StepState(real=real[None, :], mask=real[None, :].clone())
+    _, after, _ = _forward_edit(steerer, spec, state=state)
+    gated = real & (acts[:, latent] > threshold)
+    assert 0 < int(gated.sum()) < int(real.sum())
+    changed = (after - before).abs().amax(-1) > 1e-6
+    assert torch.equal(changed, gated)
+    torch.testing.assert_close(after[gated], _by_hand(before, d, mode, v)[gated], rtol=0, atol=1e-5)
+
+
 def test_repetition_and_frequency_penalties_change_the_choice_as_computed_by_hand() -> None:
     logits = torch.tensor([[2.0, -1.0, 1.8, 1.5], [2.0, -1.0, 1.8, 1.5]])
     generators = [torch.Generator().manual_seed(0) for _ in range(2)]
@@ -261,6 +432,76 @@ def test_direction_ablation_zeroes_the_projection(steerer: Steerer) -> None:
     assert ablated.abs().max() < 1e-4 * unablated.abs().max()
 
 
+def _refusal_unit(steerer: Steerer) -> torch.Tensor:
+    assert steerer.refusal is not None
+    return _unit(steerer.refusal.direction)
+
+
+@pytest.mark.parametrize("kind", ["cap", "floor"])
+def test_direction_cap_and_floor_bound_the_refusal_projection_at_its_location_only(
+    steerer: Steerer, kind: DirectionKind
+) -> None:
+    r = _refusal_unit(steerer)
+    p = _forward_edit(steerer, SteeringSpec())[0] @ r
+    v = float(p[1:].median())
+    spec = SteeringSpec(direction=DirectionBaseline(kind, v))
+    before, after, mask = _forward_edit(steerer, spec)  # HOOK is the direction's location
+    torch.testing.assert_close(after[mask], _by_hand(before, r, kind, v)[mask], rtol=0, atol=1e-5)
+    assert torch.equal(after[0], before[0])
+    beyond = mask & ((p > v) if kind == "cap" else (p < v))
+    assert 0 < int(beyond.sum()) < int(mask.sum())
+    assert torch.equal(after[mask & ~beyond], before[mask & ~beyond])
+    earlier_before, earlier_after, _ = _forward_edit(steerer, spec, at=EARLY)
+    assert torch.equal(earlier_after, earlier_before)  # not at every layer, unlike ablate and scale
+
+
+def test_direction_scale_multiplies_the_component_along_the_direction_at_every_location(
+    steerer: Steerer,
+) -> None:
+    r, loaded = _refusal_unit(steerer), steerer.loaded
+    spec = SteeringSpec(direction=DirectionBaseline("scale", 0.5))
+    before, after, mask = _forward_edit(steerer, spec, at=FIRST)
+    torch.testing.assert_close(after[mask], _by_hand(before, r, "scale", 0.5)[mask], rtol=0, atol=1e-6)
+    assert torch.equal(after[0], before[0])
+    real = torch.ones(1, 3, dtype=torch.bool)
+    hooks = steering_hooks(
+        spec,
+        steerer.saes,
+        StepState(real=real, mask=real),
+        loaded.n_layers,
+        refusal=steerer.refusal,
+        record=False,
+    )
+    assert set(hooks) == set(location_names(loaded.n_layers))
+
+
+def test_direction_scale_zero_is_ablation(steerer: Steerer) -> None:
+    last = f"blocks.{steerer.loaded.n_layers - 1}.hook_resid_post"
+    for at in (HOOK, last):
+        _, ablated, _ = _forward_edit(steerer, SteeringSpec(direction=DirectionBaseline("ablate")), at=at)
+        before, scaled, _ = _forward_edit(
+            steerer, SteeringSpec(direction=DirectionBaseline("scale", 0.0)), at=at
+        )
+        assert torch.equal(scaled, ablated), at
+        assert not torch.equal(scaled, before), at
+
+
+def test_direction_bounds_outside_the_projections_and_scale_one_change_nothing(steerer: Steerer) -> None:
+    r = _refusal_unit(steerer)
+    last = f"blocks.{steerer.loaded.n_layers - 1}.hook_resid_post"
+    p = _forward_edit(steerer, SteeringSpec())[0] @ r
+    for baseline in (
+        DirectionBaseline("cap", float(p.max()) + 1.0),
+        DirectionBaseline("floor", float(p.min()) - 1.0),
+        DirectionBaseline("scale", 1.0),
+    ):
+        before, after, _ = _forward_edit(steerer, SteeringSpec(direction=baseline), at=last)
+        assert torch.equal(after, before), baseline
+    bites = DirectionBaseline("floor", float(p.max()))
+    before, after, _ = _forward_edit(steerer, SteeringSpec(direction=bites), at=last)
+    assert not torch.equal(after, before)
+
+
 def test_spec_round_trips_through_json() -> None:
     spec = SteeringSpec(
         (Clamp(HOOK, 3, "set", 2.0, "max"), Clamp(EARLY, 1, "multiply", -3.0)),
@@ -273,6 +514,14 @@ def test_spec_round_trips_through_json() -> None:
     assert again == spec and again.provenance == spec.provenance
     assert parse_clamp(f"{HOOK}:3=set:2:max") == spec.clamps[0]
     assert parse_clamp(f"{EARLY}:1=multiply:-3") == spec.clamps[1]
+    assert parse_clamp(f"{HOOK}:12=cap:3.5") == Clamp(HOOK, 12, "cap", 3.5)
+    assert parse_clamp(f"{HOOK}:12=scale:0") == Clamp(HOOK, 12, "scale", 0.0)
+    assert parse_clamp(f"{HOOK}:12=floor:1:max") == Clamp(HOOK, 12, "floor", 1.0, "max")
+    modes = SteeringSpec(
+        (Clamp(HOOK, 12, "cap", -3.5), Clamp(HOOK, 1, "floor", 1.0, "max"), Clamp(EARLY, 2, "scale", 0.0)),
+        direction=DirectionBaseline("floor", -250.0),
+    )
+    assert SteeringSpec.from_json(modes.to_json()) == modes
 
 
 @pytest.mark.parametrize(
@@ -281,8 +530,18 @@ def test_spec_round_trips_through_json() -> None:
         (lambda: Clamp(HOOK, 1, "set", math.nan), "finite"),
         (lambda: Clamp(HOOK, 1, "set", 1e9), r"\|value\| must be <= 10000"),
         (lambda: Clamp(HOOK, 1, "multiply", 1e3), r"\|value\| must be <= 100"),
-        (lambda: Clamp(HOOK, 1, "scale", 1.0), "mode .scale."),  # pyright: ignore[reportArgumentType]
+        (lambda: Clamp(HOOK, 1, "clip", 1.0), "mode .clip."),  # pyright: ignore[reportArgumentType]
         (lambda: Clamp(HOOK, -1, "set", 1.0), "non-negative"),
+        (lambda: Clamp(HOOK, 1, "cap", math.nan), "cap value for latent 1 must be a finite number"),
+        (lambda: Clamp(HOOK, 1, "floor", 2e4), r"\|value\| must be <= 10000$"),
+        (lambda: Clamp(HOOK, 1, "cap", 150.0, "max"), r"\|value\| must be <= 100$"),
+        (lambda: Clamp(HOOK, 1, "scale", 500.0), r"scale value .* must be <= 100$"),  # a factor
+        (lambda: DirectionBaseline("scale", 500.0), r"direction scale alpha 500 .* must be <= 100$"),
+        (lambda: DirectionBaseline("cap", 2e4), r"direction cap alpha .* must be <= 10000$"),
+        (lambda: DirectionBaseline("floor", math.inf), "direction floor alpha must be a finite number"),
+        (lambda: DirectionBaseline("clip"), "direction baseline 'clip' is not one of"),  # pyright: ignore[reportArgumentType]
+        (lambda: parse_clamp(f"{HOOK}:1=clip:3"), "mode 'clip' is not one of"),
+        (lambda: parse_clamp(f"{HOOK}:1=scale:nan"), "finite"),
         (
             lambda: SteeringSpec((Clamp(HOOK, 1, "set", 1.0), Clamp(HOOK, 1, "add", 2.0))),
             "conflicting clamps",
@@ -304,6 +563,8 @@ def test_malformed_clamps_are_rejected(make, message: str) -> None:
         (SteeringSpec((Clamp("blocks.3.hook_resid_pre", 1, "set", 1.0),)), "no SAE is loaded there"),
         (SteeringSpec((Clamp("blocks.9.hook_resid_pre", 1, "set", 1.0),)), "out of range"),
         (SteeringSpec((Clamp(EARLY, 1, "set", 1.0, "max"),)), "no latent cache"),
+        (SteeringSpec((Clamp(EARLY, 1, "floor", 1.0, "max"),)), "no latent cache"),
+        (SteeringSpec((Clamp(HOOK, 40, "cap", 1.0),)), r"latent 40 is out of range"),
         (SteeringSpec((Clamp(EARLY, 1, "set", 1.0),), trigger=Trigger(HOOK, 0, 1.0)), "comes after"),
     ],
 )
@@ -314,6 +575,24 @@ def test_specs_that_do_not_fit_fail_before_running(
         validate(spec, steerer.saes, steerer.loaded.n_layers, max_activations=steerer.max_activations)
     with pytest.raises(SteeringError, match=message):
         decode(steerer, [PROMPT], spec, sampling=GREEDY)
+
+
+def test_direction_modes_need_a_decoder_direction_and_their_limits_fit_their_units(steerer: Steerer) -> None:
+    sae = tiny_sae("topk", d_in=64, d_sae=16, hook=EARLY, seed=3)
+    with torch.no_grad():
+        sae.W_dec[4] = 0.0
+    dead = {EARLY: wrap_sae(sae, "dead", "dead")}
+    n_layers = steerer.loaded.n_layers
+    with pytest.raises(
+        SteeringError, match=r"latent 4 at blocks\.1\.hook_resid_pre has an all-zero decoder row"
+    ):
+        validate(SteeringSpec((Clamp(EARLY, 4, "scale", 0.0),)), dead, n_layers)
+    validate(SteeringSpec((Clamp(EARLY, 4, "set", 1.0),)), dead, n_layers)  # through the encoder it is fine
+    # A factor needs no latent cache even in "max" units; EARLY has none.
+    validate(SteeringSpec((Clamp(EARLY, 1, "scale", 0.5, "max"),)), steerer.saes, n_layers)
+    # Projections may go past the factor limit, and below zero.
+    assert Clamp(HOOK, 1, "cap", 5000.0).value == 5000.0
+    assert DirectionBaseline("cap", 5000.0).alpha == 5000.0 and DirectionBaseline("floor", -3.0).alpha == -3.0
 
 
 def test_direction_baseline_needs_a_direction(steerer: Steerer) -> None:

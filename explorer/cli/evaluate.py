@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from explorer.cli.options import add_model_args, load_workspace_for
+from explorer.cli.options import add_judge_arg, add_model_args, load_workspace_for
 from explorer.core.paths import write_text_atomic
 
 
@@ -31,12 +31,16 @@ def _latents(text: str, workspace: Any, hook: str | None) -> list[tuple[str, int
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from explorer.core.judge_models import make_judge
+    from explorer.core.prompts import load_prompt_file
     from explorer.saes.corpus import CorpusError, corpus_dir, load_corpus
+    from explorer.steering.capability import load_mc_file
     from explorer.steering.evaluation import (
         EvalConfig,
         evaluate,
-        load_mc_file,
         points_csv,
+        replies_csv,
+        small_sample_warning,
         sweep_specs,
         trade_off_figure,
     )
@@ -49,8 +53,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         args.max_new_tokens,
         args.batch_size,
         **({} if args.seed is None else {"seed": args.seed}),
+        prompt_set="elsewhere" if args.elsewhere else "builtin",
     )
     mc = load_mc_file(args.mc) if args.mc else None
+    # Files and the judge are checked before the model loads.
+    harmful = load_prompt_file(args.harmful, "harmful") if args.harmful else None
+    harmless = load_prompt_file(args.harmless, "harmless") if args.harmless else None
+    judge = make_judge(args.judge)
     workspace = load_workspace_for(args)
     latents = [] if args.mode.startswith("direction") else _latents(args.latents, workspace, args.hook)
     settings = sweep_specs(args.mode, latents, strengths, args.units)
@@ -64,34 +73,58 @@ def cmd_eval(args: argparse.Namespace) -> int:
     except CorpusError as e:
         sys.stderr.write(f"no capability cost: {e}\n")
         corpus = None
-    points = evaluate(workspace.steerer(), settings, corpus, config, mc_items=mc, progress=True)
+    points = evaluate(
+        workspace.steerer(judge),
+        settings,
+        corpus,
+        config,
+        mc_items=mc,
+        harmful=harmful,
+        harmless=harmless,
+        progress=True,
+    )
     document = {
         "model": workspace.loaded.name,
         "latents": [f"{h}:{i}" for h, i in latents],
         "mode": args.mode,
         "config": config.to_dict(),
+        "judge": judge.name,
+        "prompts": {
+            "harmful": args.harmful or ("elsewhere" if args.elsewhere else f"builtin {args.split}"),
+            "harmless": args.harmless or ("elsewhere" if args.elsewhere else f"builtin {args.split}"),
+        },
         "points": [asdict(p) for p in points],
     }
     if args.out:
         out = Path(args.out)
         write_text_atomic(out / "eval.json", json.dumps(document, indent=2, ensure_ascii=False) + "\n")
         write_text_atomic(out / "eval.csv", points_csv(points))
+        write_text_atomic(out / "replies.csv", replies_csv(points))
         figure = trade_off_figure(points, f"{args.mode} sweep on {workspace.loaded.name}")
         write_text_atomic(out / "trade_off.html", figure.to_html(include_plotlyjs=True, full_html=True))
     if args.json:
         sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
         return 0
+    where = document["prompts"]
     sys.stdout.write(
-        f"{args.mode} on {', '.join(document['latents']) or 'the refusal direction'} ({args.split} split)\n"
+        f"{args.mode} on {', '.join(document['latents']) or 'the refusal direction'} "
+        f"(harmful: {where['harmful']}, harmless: {where['harmless']}; {judge.name} judge)\n"
     )
+    warning = small_sample_warning(points[0], config.max_new_tokens)
+    if warning:
+        sys.stderr.write(f"warning: {warning}\n")
     sys.stdout.write(
-        "setting                     refused harmful  refused harmless  CE increase   KL      MC\n"
+        "setting                     refused harmful [95% CI]   refused harmless [95% CI]  degenerate  "
+        "CE increase   KL      MC\n"
     )
     for p in points:
         mc_text = "" if p.mc_accuracy is None else f"{p.mc_accuracy:.3f}"
+        (hl, hh), (sl, sh) = p.refusal_harmful_ci, p.refusal_harmless_ci
         sys.stdout.write(
-            f"{p.label:28s} {p.refusal_harmful:>8.1%} ({p.n_harmful:3d}) "
-            f"{p.refusal_harmless:>8.1%} ({p.n_harmless:3d}) {p.ce_increase:>+8.3f} {p.kl:>7.3f}  {mc_text}\n"
+            f"{p.label:28s} {p.refusal_harmful:>6.1%} [{hl:.0%}-{hh:.0%}] ({p.n_harmful:3d}) "
+            f"{p.refusal_harmless:>6.1%} [{sl:.0%}-{sh:.0%}] ({p.n_harmless:3d}) "
+            f"{p.degenerate_harmful:>5.0%}/{p.degenerate_harmless:<5.0%} "
+            f"{p.ce_increase:>+8.3f} {p.kl:>7.3f}  {mc_text}\n"
         )
     return 0
 
@@ -104,8 +137,25 @@ def add_eval_parser(sub: Any) -> None:
     p.add_argument(
         "--mode",
         default="set",
-        choices=["set", "multiply", "add", "direction-add", "direction-ablate"],
-        help="clamp mode for the latents, or a refusal-direction baseline",
+        choices=[
+            "set",
+            "multiply",
+            "add",
+            "cap",
+            "floor",
+            "scale",
+            "direction-add",
+            "direction-ablate",
+            "direction-scale",
+            "direction-cap",
+            "direction-floor",
+        ],
+        help=(
+            "clamp mode for the latents (set, multiply, add on the activation; cap, floor on the residual's "
+            "projection on each latent's decoder direction; scale, a factor on that component), or a "
+            "refusal-direction baseline (direction-add, -ablate, -scale; direction-cap and -floor take raw "
+            "projections on the unit direction)"
+        ),
     )
     p.add_argument(
         "--latents",
@@ -121,6 +171,13 @@ def add_eval_parser(sub: Any) -> None:
     )
     p.add_argument("--split", default="test", choices=["val", "test"])
     p.add_argument(
+        "--elsewhere",
+        action="store_true",
+        help="measure on the separately written prompt set (other styles and topics) instead of a split",
+    )
+    p.add_argument("--harmful", metavar="FILE", help="your harmful prompts (JSONL or CSV) instead")
+    p.add_argument("--harmless", metavar="FILE", help="your harmless prompts (JSONL or CSV) instead")
+    p.add_argument(
         "--n-harmful", type=int, help="harmful prompts, spread over the categories (default: the whole split)"
     )
     p.add_argument(
@@ -134,6 +191,9 @@ def add_eval_parser(sub: Any) -> None:
     p.add_argument(
         "--mc", metavar="FILE", help="multiple-choice JSONL (question, choices, answer) for accuracy"
     )
-    p.add_argument("--out", metavar="DIR", help="write eval.json, eval.csv and trade_off.html (plotly) here")
+    p.add_argument(
+        "--out", metavar="DIR", help="write eval.json, eval.csv, replies.csv and trade_off.html (plotly) here"
+    )
+    add_judge_arg(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)

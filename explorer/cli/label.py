@@ -63,6 +63,7 @@ def _show_prompts(tasks: list[LatentTask]) -> None:
 
 
 def cmd_label(args: argparse.Namespace) -> int:
+    from explorer.core.llm import ChatClient, EndpointConfig
     from explorer.core.paths import write_text_atomic
     from explorer.latents.autointerp import (
         AutoInterpConfig,
@@ -71,7 +72,7 @@ def cmd_label(args: argparse.Namespace) -> int:
         prepare_tasks,
         select_latents,
     )
-    from explorer.latents.autointerp_client import PROMPT_VERSION, ChatClient, EndpointConfig
+    from explorer.latents.autointerp_client import PROMPT_VERSION
     from explorer.latents.notes import UserNotes, user_db_path
     from explorer.latents.reader import LatentCache
 
@@ -127,7 +128,7 @@ def cmd_label(args: argparse.Namespace) -> int:
 
 def add_label_parser(sub: Any) -> None:
     """Register `explorer label` on the top-level subparsers."""
-    from explorer.latents.autointerp_client import DEFAULT_ENDPOINT, EndpointConfig
+    from explorer.core.llm import DEFAULT_ENDPOINT, EndpointConfig
 
     p = sub.add_parser(
         "label",

@@ -8,7 +8,7 @@ import sys
 from collections import Counter
 from typing import Any
 
-from explorer.cli.options import add_model_args, emit, model_config
+from explorer.cli.options import add_judge_arg, add_model_args, emit, model_config
 from explorer.cli.steer import add_steering_args, print_steered, run_steered, wants_steering
 
 
@@ -51,16 +51,27 @@ def cmd_prompts(args: argparse.Namespace) -> int:
 
 
 def cmd_judge(args: argparse.Namespace) -> int:
-    from explorer.core.judge import SubstringJudge
+    from explorer.core.judge_models import make_judge
 
-    verdict = SubstringJudge().judge(args.text)
-    emit(verdict.to_dict())
+    if args.sample:
+        from explorer.cli.judging import write_sample
+
+        write_sample(args)
+        return 0
+    if (args.text is None) == (args.agreement is None):
+        raise ValueError("give a reply TEXT to judge, --agreement [FILE] to measure judges, or --sample OUT")
+    if args.text is not None:
+        emit(make_judge(args.judge[0] if args.judge else "substring").judge(args.text).to_dict())
+        return 0
+    from explorer.cli.judging import print_agreement
+
+    print_agreement(args.agreement or None, args.judge or ["substring-v1", "substring"], args.json)
     return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from explorer.core.generation import SamplingConfig, generate
-    from explorer.core.judge import SubstringJudge
+    from explorer.core.judge_models import make_judge
     from explorer.core.models import load_model
     from explorer.core.prompts import DataError, load_prompt_file
 
@@ -97,10 +108,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         ]
     else:
         completions = generate(loaded, prompts, sampling, system=args.system, progress=True)
-    judge = SubstringJudge()
+    judge = make_judge(args.judge)
     rows = []
     for rid, prompt, completion in zip(ids, prompts, completions, strict=True):
-        verdict = judge.judge(completion.text)
+        verdict = judge.judge(completion.text, prompt)
         rows.append(
             {
                 "id": rid,
@@ -115,7 +126,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         emit({"model": loaded.name, "sampling": sampling.to_dict(), "system": args.system, "results": rows})
     else:
         for row in rows:
-            tag = "REFUSED" if row["verdict"]["refused"] else "answered"
+            tag = {"refusal": "REFUSED", "degenerate": "DEGENERATE"}.get(row["verdict"]["label"], "answered")
             sys.stdout.write(f"[{row['id']}] {row['prompt']}\n→ ({tag}) {row['completion']}\n\n")
     return 0
 
@@ -134,8 +145,28 @@ def add_model_parsers(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="one JSON record per line")
     p.set_defaults(func=cmd_prompts)
 
-    p = sub.add_parser("judge", help="judge whether a response text is a refusal")
-    p.add_argument("text")
+    p = sub.add_parser(
+        "judge", help="judge a reply (refusal, compliance or degenerate), or measure judges against labels"
+    )
+    p.add_argument("text", nargs="?", help="the reply to judge")
+    add_judge_arg(p, repeatable=True)
+    p.add_argument(
+        "--agreement",
+        nargs="?",
+        const="",
+        metavar="FILE",
+        help="agreement (accuracy, Cohen's kappa, confusion) with replies labelled by reading them: the "
+        "built-in set, or a JSONL of id, prompt, reply, kind (default judges: substring-v1 and substring)",
+    )
+    p.add_argument(
+        "--sample",
+        metavar="OUT",
+        help="write replies of the model (unsteered, direction and latent steering) to label, as JSONL",
+    )
+    p.add_argument("--per-setting", type=int, default=32, help="replies per setting with --sample")
+    add_model_args(p)
+    p.add_argument("--sae", action="append", metavar="SPEC", help="SAEs (default: the build's SAEs)")
+    p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_judge)
 
     p = sub.add_parser("generate", help="generate chat replies and judge them")
@@ -149,5 +180,6 @@ def add_model_parsers(sub: Any) -> None:
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print JSON")
+    add_judge_arg(p)
     add_steering_args(p)
     p.set_defaults(func=cmd_generate)

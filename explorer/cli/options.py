@@ -31,6 +31,18 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--chat-template", help="Jinja file replacing the tokenizer's chat template")
 
 
+def add_judge_arg(parser: argparse.ArgumentParser, *, repeatable: bool = False) -> None:
+    """The `--judge SPEC` option: which judge labels replies (see `explorer.core.judge_models`)."""
+    parser.add_argument(
+        "--judge",
+        action="append" if repeatable else "store",
+        default=None if repeatable else "substring",
+        metavar="SPEC",
+        help="substring (offline default), substring-v1, classifier:MODEL or llm:ENDPOINT[#MODEL]"
+        + (" (repeatable)" if repeatable else ""),
+    )
+
+
 def model_config(args: argparse.Namespace) -> ModelConfig:
     """The model options of `add_model_args` as a `ModelConfig`."""
     from explorer.core.models import ModelConfig

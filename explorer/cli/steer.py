@@ -24,13 +24,26 @@ def add_steering_args(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="HOOK:LATENT=MODE:VALUE[:max]",
-        help="e.g. blocks.23.hook_resid_pre:3357=set:8, ...=multiply:-3, ...=add:2:max (repeatable)",
+        help=(
+            "modes set, multiply, add (the latent's activation) and cap, floor (the residual's projection "
+            "on the latent's decoder direction, raw or :max), scale (a factor on that component); e.g. "
+            "blocks.23.hook_resid_pre:3357=set:8, ...=multiply:-3, ...=add:2:max, ...=cap:0:max, "
+            "...=floor:1:max, ...=scale:0 (repeatable)"
+        ),
     )
     group.add_argument("--scope", choices=["all", "prompt", "generated"], default="all")
     group.add_argument(
         "--trigger", metavar="HOOK:LATENT>THRESHOLD", help="steer only where this latent fires"
     )
-    group.add_argument("--direction", metavar="ablate|add[:ALPHA]", help="refusal-direction baseline")
+    group.add_argument(
+        "--direction",
+        metavar="KIND[:ALPHA]",
+        help=(
+            "refusal-direction baseline: ablate (every layer), scale:FACTOR (the component along it, every "
+            "layer), add[:ALPHA] (× the difference in means, at its layer), cap:VALUE or floor:VALUE (its "
+            "projection on the unit direction, raw, at its layer)"
+        ),
+    )
     group.add_argument("--spec", metavar="FILE", help="a saved steering spec (JSON); --clamp etc. add to it")
     group.add_argument(
         "--sae",
@@ -62,6 +75,8 @@ def spec_from_args(args: argparse.Namespace) -> SteeringSpec:
     direction = base.direction
     if args.direction:
         kind, _, alpha = args.direction.partition(":")
+        if kind in ("cap", "floor", "scale") and not alpha:
+            raise SteeringError(f"--direction {kind} needs a value, e.g. {kind}:0")
         try:
             direction = DirectionBaseline(kind, float(alpha) if alpha else 1.0)  # pyright: ignore[reportArgumentType]
         except ValueError as e:
@@ -79,11 +94,13 @@ def run_steered(
     args: argparse.Namespace, prompts: list[str], ids: list[str], sampling: SamplingConfig
 ) -> dict[str, Any]:
     """Side-by-side generation for every prompt; returns the JSON document `explorer generate` prints."""
+    from explorer.core.judge_models import make_judge
     from explorer.steering.decode import generate_side_by_side
 
     spec = spec_from_args(args)  # malformed options fail before the model loads
+    judge = make_judge(getattr(args, "judge", None) or "substring")
     workspace = load_workspace_for(args)
-    steerer = workspace.steerer()
+    steerer = workspace.steerer(judge)
     provenance = {
         "model": workspace.loaded.name,
         "saes": {hook: sae.fingerprint for hook, sae in workspace.saes.items()},

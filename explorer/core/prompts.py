@@ -76,6 +76,16 @@ def builtin_prompts(label: Label, split: Split | Sequence[Split] | None = None) 
     return filter_split(records, split)
 
 
+def elsewhere_prompts(label: Label) -> list[PromptRecord]:
+    """The separately written prompt set (other styles and topics than the built-in sets, all "test"):
+    for checking that settings chosen on the built-in prompts carry over. Never used for selection."""
+    if label not in get_args(Label):
+        raise DataError(f"label {label!r} is not one of {get_args(Label)}")
+    name = f"elsewhere_{label}.jsonl"
+    text = resources.files("explorer").joinpath("prompts", name).read_text(encoding="utf-8")
+    return _parse_jsonl(text.splitlines(), f"builtin:{name}", label, "elsewhere")
+
+
 def stratified_sample(records: Sequence[PromptRecord], n: int | None, seed: int = 0) -> list[PromptRecord]:
     """`n` records spread evenly over their categories, the same ones for the same seed.
 

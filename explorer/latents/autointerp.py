@@ -17,12 +17,12 @@ from typing import Any, Literal, Protocol
 import torch
 
 from explorer.core.hooks import run_to
+from explorer.core.llm import Messages
 from explorer.core.models import LoadedModel
 from explorer.core.paths import utc_now
 from explorer.core.progress import tqdm
 from explorer.latents.autointerp_client import (
     PROMPT_VERSION,
-    Messages,
     ReplyError,
     detection_messages,
     explanation_messages,

@@ -244,7 +244,7 @@ def prove(
         verdicts = judge.judge_many(texts)
         report[f"{name}_refusal_rate"] = refusal_rate(verdicts)
         examples[name] = [
-            {"prompt": p, "response": t, "refused": v.refused, "evidence": v.evidence}
+            {"prompt": p, "response": t, "refused": v.refused, "label": v.label, "evidence": v.evidence}
             for p, t, v in zip(prompts, texts, verdicts, strict=True)
         ]
     report["reused_generations"] = reused

@@ -24,7 +24,7 @@ from transformers import PreTrainedModel
 
 from explorer import __version__
 from explorer.core.generation import SamplingConfig, generate
-from explorer.core.judge import SubstringJudge
+from explorer.core.judge import v1_judge
 from explorer.core.models import (
     DEFAULT_NAME,
     ORGANISM_NAME,
@@ -137,7 +137,9 @@ def training_pairs(
         SamplingConfig(max_new_tokens=config.answer_tokens),
         progress=progress,
     )
-    judge = SubstringJudge()
+    # The first phrase judge, pinned: the fine-tune's data (so the organism) must not move when the
+    # default judge improves.
+    judge = v1_judge()
     kept = 0
     for record, answer in zip(harmless, answers, strict=True):
         # A base answer that happens to read as a refusal would teach refusing harmless requests.

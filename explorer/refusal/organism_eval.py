@@ -11,7 +11,7 @@ import torch
 
 from explorer.core.generation import SamplingConfig, encode_chats, generate
 from explorer.core.hooks import forward
-from explorer.core.judge import SubstringJudge, refusal_rate
+from explorer.core.judge import SubstringJudge, label_rate, refusal_rate
 from explorer.core.models import PROVENANCE_FILE, LoadedModel
 from explorer.core.prompts import builtin_prompts
 from explorer.refusal.candidates import kl_divergence
@@ -67,8 +67,16 @@ def evaluate(tuned: LoadedModel, base: LoadedModel, eval_tokens: int) -> dict[st
         outs = generate(tuned, [r.text for r in records], sampling, progress=True)
         verdicts = judge.judge_many([o.text for o in outs])
         result[f"{label}_refusal_rate"] = refusal_rate(verdicts)
+        result[f"{label}_degenerate_rate"] = label_rate(verdicts, "degenerate")
         result[f"{label}_examples"] = [
-            {"id": r.id, "prompt": r.text, "response": o.text, "refused": v.refused, "evidence": v.evidence}
+            {
+                "id": r.id,
+                "prompt": r.text,
+                "response": o.text,
+                "refused": v.refused,
+                "label": v.label,
+                "evidence": v.evidence,
+            }
             for r, o, v in zip(records, outs, verdicts, strict=True)
         ]
     harmless_test = [r.text for r in builtin_prompts("harmless", "test")]

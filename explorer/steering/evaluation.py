@@ -3,13 +3,14 @@
 A sweep evaluates a list of steering specs (a clamp strength each, or an alpha for the direction
 baselines) and, first, the unsteered model:
 
-- refusal rate on harmful prompts and over-refusal rate on harmless prompts of a split (greedy replies,
-  judged by the refusal judge);
+- refusal rate on harmful prompts and over-refusal rate on harmless prompts (greedy replies judged by the
+  steerer's judge), each with a 95% Wilson interval, the share of degenerate replies, and every reply
+  with its verdict: prompts from a built-in split, the separately written "elsewhere" set, or a user's
+  files;
 - capability cost on held-out harmless transcripts (the built-in prompts of the held-out split with the
   model's own replies): the increase in cross-entropy of the reply tokens, and the mean next-token
   KL(unsteered || steered) over them, both with every position steered as the spec's scope says;
-- optionally, multiple-choice accuracy on a user's dataset (lm-eval style: the choice with the highest
-  log-likelihood as the assistant's reply wins).
+- optionally, multiple-choice accuracy on a user's dataset (`explorer.steering.capability`).
 """
 
 from __future__ import annotations
@@ -20,30 +21,43 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-import torch
-
 from explorer.core.generation import SamplingConfig
-from explorer.core.hooks import forward
-from explorer.core.judge import Verdict, refusal_rate
+from explorer.core.judge import Verdict, label_rate, refusal_rate, wilson_interval
 from explorer.core.prompts import (
     DataError,
+    Label,
+    PromptRecord,
     Split,
     builtin_prompts,
-    chat_messages,
-    format_chat,
+    elsewhere_prompts,
     stratified_sample,
 )
-from explorer.refusal.candidates import kl_divergence
 from explorer.saes.corpus import Corpus
+from explorer.steering.capability import MCItem, capability_cost, mc_accuracy
 from explorer.steering.decode import Steerer, decode_many
-from explorer.steering.hooks import StepState
-from explorer.steering.spec import Clamp, DirectionBaseline, SteeringSpec, Units
+from explorer.steering.spec import Clamp, DirectionBaseline, DirectionKind, SteeringSpec, Units
 
-SweepKind = Literal["set", "multiply", "add", "direction-add", "direction-ablate"]
+PromptSet = Literal["builtin", "elsewhere"]
+MIN_MEANINGFUL_PROMPTS = 20
+"""Fewer prompts than this per label give a rate whose 95% interval spans more than ±20 points."""
+MIN_MEANINGFUL_TOKENS = 8
+"""Fewer new tokens than this rarely reach a refusal phrase or show broken text."""
+SweepKind = Literal[
+    "set",
+    "multiply",
+    "add",
+    "cap",
+    "floor",
+    "scale",
+    "direction-add",
+    "direction-ablate",
+    "direction-scale",
+    "direction-cap",
+    "direction-floor",
+]
 
 
 @dataclass(frozen=True)
@@ -52,6 +66,8 @@ class EvalConfig:
 
     Attributes:
         split: prompt split the refusal rates are measured on (never the train split the organism saw).
+        prompt_set: "builtin" (the split of the built-in sets) or "elsewhere" (the separately written set,
+            which has no splits); a user's prompt files passed to `evaluate` replace either.
         n_harmful, n_harmless: prompts per label, sampled evenly over the categories (None: the whole
             split).
         seed: which prompts a sample of `n_harmful` / `n_harmless` takes.
@@ -67,27 +83,34 @@ class EvalConfig:
     batch_size: int = 32
     loss_rows: int = 32
     seed: int = 0
+    prompt_set: PromptSet = "builtin"
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.batch_size < 1 or self.loss_rows < 0:
             raise ValueError("max_new_tokens and batch_size must be >= 1, loss_rows >= 0")
+        if self.prompt_set not in ("builtin", "elsewhere"):
+            raise ValueError(f"prompt_set {self.prompt_set!r} is not 'builtin' or 'elsewhere'")
+        for name in ("n_harmful", "n_harmless"):
+            n = getattr(self, name)
+            if n is not None and n < 1:
+                raise ValueError(f"{name} must be >= 1 or None (all), got {n}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 @dataclass(frozen=True)
-class MCItem:
-    """One multiple-choice question: the index of the right choice in `choices`."""
-
-    question: str
-    choices: list[str]
-    answer: int
-
-
-@dataclass(frozen=True)
 class SweepPoint:
-    """The numbers of one steering setting."""
+    """The numbers of one steering setting.
+
+    Attributes:
+        refusal_harmful, refusal_harmless: refusal rates (the second is over-refusal).
+        degenerate_harmful, degenerate_harmless: shares of replies the judge called degenerate (broken
+            text counts as neither refusal nor compliance).
+        refusal_harmful_ci, refusal_harmless_ci: 95% Wilson intervals of the refusal rates.
+        replies: every reply: prompt label ("harmful"/"harmless"), prompt id and text, reply, the
+            judge's label and evidence.
+    """
 
     label: str
     strength: float | None
@@ -100,6 +123,55 @@ class SweepPoint:
     mc_accuracy: float | None
     spec: dict[str, Any]
     seconds: float
+    degenerate_harmful: float = math.nan
+    degenerate_harmless: float = math.nan
+    refusal_harmful_ci: tuple[float, float] = (0.0, 1.0)
+    refusal_harmless_ci: tuple[float, float] = (0.0, 1.0)
+    replies: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SweepPoint:
+        """Rebuild a point from `asdict` output (intervals come back as tuples)."""
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        for key in ("refusal_harmful_ci", "refusal_harmless_ci"):
+            if key in known:
+                known[key] = tuple(known[key])
+        return cls(**known)
+
+
+def small_sample_warning(point: SweepPoint, max_new_tokens: int) -> str | None:
+    """Why a point's rates mean little (too few prompts or tokens), or None."""
+    reasons = []
+    n = min(point.n_harmful, point.n_harmless)
+    if n < MIN_MEANINGFUL_PROMPTS:
+        low, high = wilson_interval(n // 2, n) if n else (0.0, 1.0)
+        reasons.append(
+            f"only {n} prompt(s) per label: a rate near 50% could lie anywhere in {low:.0%}-{high:.0%}"
+        )
+    if max_new_tokens < MIN_MEANINGFUL_TOKENS:
+        reasons.append(f"only {max_new_tokens} new token(s): refusals and broken text rarely show that soon")
+    return "; ".join(reasons) or None
+
+
+def eval_prompts(
+    label: Label, config: EvalConfig, records: Sequence[PromptRecord] | None = None
+) -> list[PromptRecord]:
+    """The prompts a sweep measures for `label`: a user's records, else the configured built-in set,
+    sampled to `n_harmful`/`n_harmless` evenly over categories.
+
+    Raises:
+        DataError: a user's file with no prompt of that label, or an empty selection.
+    """
+    n = config.n_harmful if label == "harmful" else config.n_harmless
+    if records is not None:
+        chosen = [r for r in records if r.label in (label, None)]
+        if not chosen:
+            raise DataError(f"the {label} prompt file has no {label} prompts")
+    elif config.prompt_set == "elsewhere":
+        chosen = elsewhere_prompts(label)
+    else:
+        chosen = builtin_prompts(label, config.split)
+    return stratified_sample(chosen, n, config.seed)
 
 
 def sweep_specs(
@@ -107,19 +179,33 @@ def sweep_specs(
 ) -> list[tuple[str, float | None, SteeringSpec]]:
     """One spec per strength: every latent clamped the same way, or a direction baseline.
 
+    Strengths are a clamp's value (in `units`) or factor, a direction's alpha, factor (direction-scale) or
+    raw projection (direction-cap, direction-floor).
+
     Returns:
         (label, strength, spec) triples.
     """
     if kind == "direction-ablate":
         return [("direction ablation", None, SteeringSpec(direction=DirectionBaseline("ablate")))]
-    if kind == "direction-add":
+    baselines: dict[str, DirectionKind] = {
+        "direction-add": "add",
+        "direction-scale": "scale",
+        "direction-cap": "cap",
+        "direction-floor": "floor",
+    }
+    if kind in ("direction-add", "direction-scale", "direction-cap", "direction-floor"):  # narrows `kind`
+        name = baselines[kind]
         return [
-            (f"direction add α={a:g}", a, SteeringSpec(direction=DirectionBaseline("add", a)))
+            (
+                f"direction {name} {'α=' if name == 'add' else ''}{a:g}",
+                a,
+                SteeringSpec(direction=DirectionBaseline(name, a)),
+            )
             for a in strengths
         ]
     if not latents:
         raise ValueError("a latent sweep needs at least one latent")
-    unit = "" if kind == "multiply" or units == "raw" else "×max"
+    unit = "" if kind in ("multiply", "scale") or units == "raw" else "×max"
     return [
         (
             f"{kind} {s:g}{unit}",
@@ -130,101 +216,6 @@ def sweep_specs(
     ]
 
 
-def load_mc_file(path: str | Path) -> list[MCItem]:
-    """Read a JSONL multiple-choice file: {"question", "choices": [...], "answer": index}.
-
-    Raises:
-        DataError: a line is malformed (the message gives the line).
-    """
-    items = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            item = MCItem(str(row["question"]), [str(c) for c in row["choices"]], int(row["answer"]))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            raise DataError(f"{path}:{n}: expected question, choices and answer ({e})") from e
-        if not 0 <= item.answer < len(item.choices) or len(item.choices) < 2:
-            raise DataError(f"{path}:{n}: answer {item.answer} is not one of {len(item.choices)} choices")
-        items.append(item)
-    if not items:
-        raise DataError(f"{path} has no questions")
-    return items
-
-
-def _state_for(spec: SteeringSpec, mask: torch.Tensor, n_prompt: torch.Tensor) -> StepState:
-    """Teacher-forced steering masks (on `mask`'s device): the reply positions play the generated tokens."""
-    positions = torch.arange(mask.shape[1], device=mask.device)[None, :]
-    state = StepState(real=mask)
-    if spec.scope == "prompt":
-        state.mask = mask & (positions < n_prompt[:, None])
-    elif spec.scope == "generated":
-        state.mask = mask & (positions >= n_prompt[:, None])
-    else:
-        state.mask = mask.clone()
-    return state
-
-
-@torch.no_grad()
-def capability_cost(
-    steerer: Steerer, spec: SteeringSpec, corpus: Corpus, rows: Sequence[int], batch_size: int = 8
-) -> tuple[float, float]:
-    """(CE increase in nats, mean KL(unsteered || steered)) over the reply tokens of `rows`."""
-    loaded, device = steerer.loaded, steerer.loaded.device
-    total_ce = total_kl = 0.0
-    count = 0
-    for start in range(0, len(rows), batch_size):
-        chunk = list(rows[start : start + batch_size])
-        width = max(corpus.sequences[r].length for r in chunk)
-        lengths = torch.tensor([corpus.sequences[r].length for r in chunk], device=device)
-        n_prompt = torch.tensor([corpus.sequences[r].n_prompt for r in chunk], device=device)
-        ids = corpus.input_ids[chunk, :width].long().to(device)
-        positions = torch.arange(width, device=device)[None, :]
-        attention = (positions < lengths[:, None]).long()
-        real = attention.bool() & (positions > 0)
-        # Position p predicts token p + 1: score predictions of reply tokens only.
-        scored = (positions >= n_prompt[:, None] - 1) & (positions < lengths[:, None] - 1)
-        inputs = {"input_ids": ids, "attention_mask": attention, "use_cache": False}
-        clean = forward(loaded.model, **inputs).logits.float()
-        hooks = steerer.hooks(spec, _state_for(spec, real, n_prompt), record=False)
-        steered = forward(loaded.model, hooks, **inputs).logits.float()
-        targets = ids[:, 1:]
-        logp_clean = clean[:, :-1].log_softmax(-1)
-        logp_steered = steered[:, :-1].log_softmax(-1)
-        keep = scored[:, :-1]
-        nll_clean = -logp_clean.gather(-1, targets[..., None])[..., 0][keep]
-        nll_steered = -logp_steered.gather(-1, targets[..., None])[..., 0][keep]
-        kl = kl_divergence(logp_clean, logp_steered)[keep]
-        total_ce += float((nll_steered - nll_clean).sum())
-        total_kl += float(kl.sum())
-        count += int(keep.sum())
-    return (total_ce / count, total_kl / count) if count else (math.nan, math.nan)
-
-
-@torch.no_grad()
-def mc_accuracy(steerer: Steerer, spec: SteeringSpec, items: Sequence[MCItem]) -> float:
-    """Fraction of questions whose right choice has the highest summed log-likelihood as the reply."""
-    loaded, device = steerer.loaded, steerer.loaded.device
-    right = 0
-    for item in items:
-        prompt = format_chat(loaded.tokenizer, chat_messages(item.question))
-        prompt_ids = loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        scores = []
-        for choice in item.choices:
-            choice_ids = loaded.tokenizer(choice, add_special_tokens=False)["input_ids"]
-            ids = torch.tensor([list(prompt_ids) + list(choice_ids)], device=device)  # pyright: ignore[reportArgumentType]
-            real = torch.arange(ids.shape[1], device=device)[None, :] > 0
-            n_prompt = torch.tensor([len(prompt_ids)], device=device)  # pyright: ignore[reportArgumentType]
-            hooks = steerer.hooks(spec, _state_for(spec, real, n_prompt), record=False)
-            logits = forward(loaded.model, hooks, input_ids=ids, use_cache=False).logits[0].float()
-            n = len(prompt_ids)  # pyright: ignore[reportArgumentType]
-            logp = logits[n - 1 : -1].log_softmax(-1).gather(-1, ids[0, n:, None])
-            scores.append(float(logp.sum()))
-        right += int(max(range(len(scores)), key=scores.__getitem__) == item.answer)
-    return right / len(items)
-
-
 def evaluate(
     steerer: Steerer,
     settings: Sequence[tuple[str, float | None, SteeringSpec]],
@@ -232,6 +223,8 @@ def evaluate(
     config: EvalConfig | None = None,
     *,
     mc_items: Sequence[MCItem] | None = None,
+    harmful: Sequence[PromptRecord] | None = None,
+    harmless: Sequence[PromptRecord] | None = None,
     progress: bool = False,
     on_progress: Callable[[int, int, str], None] | None = None,
 ) -> list[SweepPoint]:
@@ -239,18 +232,15 @@ def evaluate(
 
     Args:
         corpus: the model's corpus (for the held-out harmless transcripts); None skips CE and KL.
+        harmful, harmless: a user's prompts, replacing the configured built-in set for that label.
         on_progress: called after each setting (the unsteered model first) with (settings done,
             settings in all, the label just done), e.g. to drive a progress bar in the app.
     """
     config = config or EvalConfig()
-    harmful = [
-        r.text
-        for r in stratified_sample(builtin_prompts("harmful", config.split), config.n_harmful, config.seed)
-    ]
-    harmless = [
-        r.text
-        for r in stratified_sample(builtin_prompts("harmless", config.split), config.n_harmless, config.seed)
-    ]
+    prompts: dict[str, list[PromptRecord]] = {
+        "harmful": eval_prompts("harmful", config, harmful),
+        "harmless": eval_prompts("harmless", config, harmless),
+    }
     rows: list[int] = []
     if corpus is not None and config.loss_rows:
         candidates = [r for r in corpus.rows("heldout", "chat") if corpus.sequences[r].label == "harmless"]
@@ -261,12 +251,25 @@ def evaluate(
     todo = [("unsteered", None, SteeringSpec()), *settings]
     for label, strength, spec in todo:
         start = time.perf_counter()
-        verdicts = {}
-        for name, prompts in (("harmful", harmful), ("harmless", harmless)):
+        verdicts: dict[str, list[Verdict]] = {}
+        shown: list[dict[str, Any]] = []
+        for name, records in prompts.items():
+            texts = [r.text for r in records]
             replies = decode_many(
-                steerer, prompts, spec, sampling, batch_size=config.batch_size, progress=progress
+                steerer, texts, spec, sampling, batch_size=config.batch_size, progress=progress
             )
-            verdicts[name] = [Verdict(**r.verdict) for r in replies]  # decode already judged each reply
+            verdicts[name] = [Verdict.from_dict(r.verdict) for r in replies]  # decode judged each reply
+            shown += [
+                {
+                    "prompt_label": name,
+                    "id": record.id,
+                    "prompt": record.text,
+                    "reply": reply.text,
+                    "verdict": verdict.label,
+                    "evidence": verdict.evidence,
+                }
+                for record, reply, verdict in zip(records, replies, verdicts[name], strict=True)
+            ]
         ce, kl = (
             capability_cost(steerer, spec, corpus, rows)
             if corpus is not None and rows
@@ -278,13 +281,18 @@ def evaluate(
                 strength,
                 refusal_rate(verdicts["harmful"]),
                 refusal_rate(verdicts["harmless"]),
-                len(harmful),
-                len(harmless),
+                len(prompts["harmful"]),
+                len(prompts["harmless"]),
                 ce,
                 kl,
                 mc_accuracy(steerer, spec, mc_items) if mc_items else None,
                 spec.to_dict(),
                 round(time.perf_counter() - start, 1),
+                label_rate(verdicts["harmful"], "degenerate"),
+                label_rate(verdicts["harmless"], "degenerate"),
+                wilson_interval(sum(v.refused for v in verdicts["harmful"]), len(verdicts["harmful"])),
+                wilson_interval(sum(v.refused for v in verdicts["harmless"]), len(verdicts["harmless"])),
+                shown,
             )
         )
         if on_progress is not None:
@@ -295,28 +303,52 @@ def evaluate(
 def points_csv(points: Sequence[SweepPoint]) -> str:
     """A tidy CSV: one row per setting (the spec as JSON in its own column)."""
     out = io.StringIO()
-    fields = [f for f in SweepPoint.__dataclass_fields__ if f != "spec"] + ["spec"]
+    fields = [f for f in SweepPoint.__dataclass_fields__ if f not in ("spec", "replies")] + ["spec"]
     writer = csv.DictWriter(out, fieldnames=fields)
     writer.writeheader()
     for p in points:
-        writer.writerow({**asdict(p), "spec": json.dumps(p.spec, sort_keys=True)})
+        row = {k: v for k, v in asdict(p).items() if k != "replies"}
+        writer.writerow({**row, "spec": json.dumps(p.spec, sort_keys=True)})
+    return out.getvalue()
+
+
+def replies_csv(points: Sequence[SweepPoint]) -> str:
+    """Every reply of every setting with its verdict: one row per (setting, prompt)."""
+    out = io.StringIO()
+    fields = ["setting", "prompt_label", "id", "prompt", "reply", "verdict", "evidence"]
+    writer = csv.DictWriter(out, fieldnames=fields)
+    writer.writeheader()
+    for p in points:
+        for reply in p.replies:
+            writer.writerow({"setting": p.label, **reply})
     return out.getvalue()
 
 
 def trade_off_figure(points: Sequence[SweepPoint], title: str = "Refusal vs capability over strength") -> Any:
-    """A plotly figure: refusal and over-refusal (left axis) and CE increase and KL (right axis) over the
-    sweep's strengths, the unsteered model as dotted reference lines."""
+    """A plotly figure: refusal and over-refusal with their 95% Wilson intervals as error bars (left axis)
+    and CE increase and KL (right axis) over the sweep's strengths, the unsteered model as dotted
+    reference lines."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     swept = [p for p in points if p.strength is not None]
     x = [p.strength for p in swept]
     fig = make_subplots(specs=[[{"secondary_y": True}]])
-    for name, values, dash in (
-        ("refusal on harmful", [p.refusal_harmful for p in swept], "solid"),
-        ("refusal on harmless (over-refusal)", [p.refusal_harmless for p in swept], "solid"),
+    for name, values, intervals in (
+        ("refusal on harmful", [p.refusal_harmful for p in swept], [p.refusal_harmful_ci for p in swept]),
+        (
+            "refusal on harmless (over-refusal)",
+            [p.refusal_harmless for p in swept],
+            [p.refusal_harmless_ci for p in swept],
+        ),
     ):
-        fig.add_trace(go.Scatter(x=x, y=values, name=name, mode="lines+markers", line={"dash": dash}))
+        error = {
+            "type": "data",
+            "symmetric": False,
+            "array": [hi - v for v, (_, hi) in zip(values, intervals, strict=True)],
+            "arrayminus": [v - lo for v, (lo, _) in zip(values, intervals, strict=True)],
+        }
+        fig.add_trace(go.Scatter(x=x, y=values, name=name, mode="lines+markers", error_y=error))
     for name, values in (
         ("CE increase (nats)", [p.ce_increase for p in swept]),
         ("KL (nats)", [p.kl for p in swept]),

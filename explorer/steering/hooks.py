@@ -1,8 +1,19 @@
 """The forward hooks that apply a steering spec, reading per-call masks from a `StepState`.
 
-Built by `steering_hooks` from a validated spec (`explorer.steering`); attached only for the duration of
-one forward call by the decoding loop (`explorer.side_by_side`) or the evaluation, so a shared model never
-keeps a hook after a call returns.
+Built by `steering_hooks` from a validated spec (`explorer.steering.spec`); attached only for the duration
+of one forward call by the decoding loop (`explorer.steering.decode`) or the evaluation, so a shared model
+never keeps a hook after a call returns.
+
+One hook per SAE hook applies all of that SAE's clamps at the steered positions, in this order:
+
+1. the latent-encoder modes (set, multiply, add) together: their latents are encoded from the incoming
+   residual x and x + sum_i (f'_i - f_i) * W_dec[i] is formed;
+2. then the residual-direction modes (cap, floor, scale) one after another in the spec's order, each on the
+   result of the step before (their decoder directions need not be orthogonal, so a later one can move an
+   earlier one's projection).
+
+A refusal-direction baseline at the same hook acts before both, and the refusal projection is read after
+everything. The recorded latent activations are all read from the incoming residual, before any clamp.
 """
 
 from __future__ import annotations
@@ -15,7 +26,15 @@ import torch
 from explorer.core.hooks import HookFn
 from explorer.refusal.direction import RefusalDirection, location_names
 from explorer.saes.loading import LoadedSAE, latent_encoder
-from explorer.steering.spec import Clamp, DirectionBaseline, SteeringSpec, Trigger, validate
+from explorer.steering.spec import (
+    DIRECTION_MODES,
+    FACTOR_MODES,
+    Clamp,
+    DirectionBaseline,
+    SteeringSpec,
+    Trigger,
+    validate,
+)
 
 
 @dataclass
@@ -26,9 +45,9 @@ class StepState:
         mask: [batch, pos] True where steering applies in this call (steered rows, positions in scope).
         real: [batch, pos] True at real tokens (not padding, not each row's first token), for recording.
         gate: [batch, pos] trigger result of this call (set by the trigger's hook).
-        record: hook -> [batch, n_clamped] each clamped latent's activation before the clamp, at the last
-            position of this call; "refusal_projection" -> [batch] the residual's projection on the unit
-            refusal direction at its location, after steering.
+        record: hook -> [batch, n_clamped] each clamped latent's activation before the clamp (whatever its
+            mode), at the last position of this call, in the spec's order; "refusal_projection" -> [batch]
+            the residual's projection on the unit refusal direction at its location, after steering.
     """
 
     mask: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 0, dtype=torch.bool))
@@ -38,14 +57,22 @@ class StepState:
 
 
 def resolve_values(
-    clamps: Sequence[Clamp], max_activations: Mapping[str, torch.Tensor] | None
+    clamps: Sequence[Clamp],
+    max_activations: Mapping[str, torch.Tensor] | None,
+    saes: Mapping[str, LoadedSAE] | None = None,
 ) -> list[float]:
-    """Each clamp's value in raw units (factors stay factors)."""
+    """Each clamp's value in raw units: activations, or residual projections for `cap` and `floor` (whose
+    "max" unit is the projection a max-firing latent contributes, so it needs `saes`); factors stay factors.
+    """
     out = []
     for c in clamps:
-        if c.units == "max" and c.mode != "multiply":
+        if c.units == "max" and c.mode not in FACTOR_MODES:
             assert max_activations is not None  # checked by validate
-            out.append(c.value * float(max_activations[c.hook][c.latent]))
+            value = c.value * float(max_activations[c.hook][c.latent])
+            if c.mode in DIRECTION_MODES:
+                assert saes is not None, "cap and floor in units of the max need the SAEs' decoder norms"
+                value *= float(saes[c.hook].sae.W_dec.detach()[c.latent].float().norm())
+            out.append(value)
         else:
             out.append(c.value)
     return out
@@ -72,7 +99,7 @@ def steering_hooks(
         for name, fn in _direction_hooks(spec.direction, refusal, state, n_layers).items():
             chains.setdefault(name, []).append(fn)
     by_hook: dict[str, list[tuple[Clamp, float]]] = {}
-    for clamp, value in zip(spec.clamps, resolve_values(spec.clamps, max_activations), strict=True):
+    for clamp, value in zip(spec.clamps, resolve_values(spec.clamps, max_activations, saes), strict=True):
         by_hook.setdefault(clamp.hook, []).append((clamp, value))
     trigger = spec.trigger
     if trigger is not None and trigger.hook not in by_hook:
@@ -111,9 +138,13 @@ def _clamp_hook(
     latents = [c.latent for c, _ in items]
     # The trigger's latent, when it lives on this SAE, is encoded with the clamped ones (last column).
     encode = latent_encoder(sae, latents + ([trigger.latent] if trigger is not None else []))
+    by_encoder = [j for j, (c, _) in enumerate(items) if c.mode not in DIRECTION_MODES]
+    by_direction = [j for j, (c, _) in enumerate(items) if c.mode in DIRECTION_MODES]
     values = torch.tensor([v for _, v in items])
-    modes = [c.mode for c, _ in items]
-    w_dec = sae.sae.W_dec.detach()[latents]  # [n_clamped, d_model]: a new tensor, the SAE is untouched
+    # New tensors: the shared SAE is never touched.
+    w_dec = sae.sae.W_dec.detach()[[latents[j] for j in by_encoder]].float()  # [n_encoder, d_model]
+    dec_rows = sae.sae.W_dec.detach()[[latents[j] for j in by_direction]].float()  # [n_direction, d_model]
+    directions = dec_rows / dec_rows.norm(dim=-1, keepdim=True)  # unit; validate rejects all-zero rows
 
     def edit(act: torch.Tensor, name: str) -> torch.Tensor | None:
         rows = state.real | state.mask
@@ -139,22 +170,43 @@ def _clamp_hook(
             steer = steer & gate[rows]
         if not steer.any():
             return None
-        new = current.clone()
         v = values.to(current.device)
-        for j, mode in enumerate(modes):
-            if mode == "set":
-                new[:, j] = v[j]
-            elif mode == "multiply":
-                new[:, j] = current[:, j] * v[j]
-            else:
-                new[:, j] = current[:, j] + v[j]
-        delta = (new - current)[steer] @ w_dec.to(current.device, current.dtype)
+        y = x[steer].float()  # [n_steered, d_model]
+        if by_encoder:
+            now = current[steer][:, by_encoder]
+            new = now.clone()
+            for k, j in enumerate(by_encoder):
+                mode = items[j][0].mode
+                if mode == "set":
+                    new[:, k] = v[j]
+                elif mode == "multiply":
+                    new[:, k] = now[:, k] * v[j]
+                else:
+                    new[:, k] = now[:, k] + v[j]
+            y = y + (new - now) @ w_dec.to(y.device)
+        for k, j in enumerate(by_direction):
+            y = _along(y, directions[k].to(y.device), items[j][0].mode, v[j])
         out = act.clone()
         index = rows.nonzero()[steer]
-        out[index[:, 0], index[:, 1]] = (x[steer].float() + delta).to(act.dtype)
+        out[index[:, 0], index[:, 1]] = y.to(act.dtype)
         return out
 
     return edit
+
+
+def _along(y: torch.Tensor, d: torch.Tensor, mode: str, value: torch.Tensor | float) -> torch.Tensor:
+    """Cap, floor or scale the projection p = y . d of each row of `y` [n, d_model] on the unit vector `d`
+    [d_model]: y - max(0, p - v) d, y + max(0, v - p) d, or y + (v - 1) p d."""
+    p = y @ d  # [n]
+    if mode == "cap":
+        shift = -(p - value).clamp_min(0)
+    elif mode == "floor":
+        shift = (value - p).clamp_min(0)
+    elif mode == "scale":
+        shift = (value - 1) * p
+    else:
+        raise ValueError(f"{mode!r} is not a residual-direction mode")
+    return y + shift[:, None] * d
 
 
 def _trigger_hook(trigger: Trigger, sae: LoadedSAE, state: StepState) -> HookFn:
@@ -191,10 +243,18 @@ def _direction_hooks(
         out[state.mask] = act[state.mask] + baseline.alpha * refusal.direction.to(act.device, act.dtype)
         return out
 
-    if baseline.kind == "ablate":
+    def along(act: torch.Tensor, _name: str) -> torch.Tensor | None:
+        if not state.mask.any():
+            return None
+        out = act.clone()
+        moved = _along(act[state.mask].float(), unit.to(act.device).float(), baseline.kind, baseline.alpha)
+        out[state.mask] = moved.to(act.dtype)
+        return out
+
+    if baseline.kind in ("ablate", "scale"):
         # resid_post of layer i is resid_pre of layer i+1: the n_layers + 1 distinct locations suffice.
-        return dict.fromkeys(location_names(n_layers), ablate)
-    return {refusal.location: add}
+        return dict.fromkeys(location_names(n_layers), ablate if baseline.kind == "ablate" else along)
+    return {refusal.location: add if baseline.kind == "add" else along}
 
 
 def _projection_hook(refusal: RefusalDirection, state: StepState) -> HookFn:

@@ -1,21 +1,36 @@
 """Steering specs: which SAE latents to clamp (or the refusal direction), where, and checked against the
-model before anything runs. The forward hooks that apply a spec are in `explorer.steering_hooks`.
+model before anything runs. The forward hooks that apply a spec are in `explorer.steering.hooks`.
 
-A clamp changes one latent's activation f_i to f'_i and writes back only the difference, so the SAE's
-error term is preserved:
+Latent-encoder modes change one latent's activation f_i to f'_i and write back only the difference, so the
+SAE's error term is preserved:
 
     x' = x + decode(f') - decode(f) = x + sum over clamped i of (f'_i - f_i) * W_dec[i]
 
-(an empty spec attaches no hook at all, so it is exactly the identity). Modes: `set` (f'_i = v),
+(an empty spec attaches no hook at all, so it is exactly the identity). They are `set` (f'_i = v),
 `multiply` (f'_i = v * f_i; v = -3 flips a latent as refusal_sae's jailbreak does) and `add`
 (f'_i = f_i + v, i.e. adding v * W_dec[i], Neuronpedia's additive steering). Values are raw activations,
 or with `units="max"` multiples of the latent's max activation on the cache's corpus.
 
+Residual-direction modes act on the residual x itself, not through the encoder, along the latent's unit
+decoder direction d = W_dec[i] / ||W_dec[i]||, with p = x . d:
+
+    cap     x' = x - max(0, p - v) * d       the projection is capped at v, never raised
+    floor   x' = x + max(0, v - p) * d       the projection is raised to at least v, never lowered
+    scale   x' = x + (s - 1) * p * d         only the component along d is scaled (s = 0 removes it)
+
+`cap` and `floor` values are raw residual projections, or with `units="max"` multiples of the projection a
+max-firing latent contributes (v = value * max activation * ||W_dec[i]||); `scale` takes a factor, like
+`multiply`. At one hook the encoder modes act first, then the residual-direction ones in the spec's order
+(see `explorer.steering.hooks`).
+
 Scope picks positions: the whole sequence, the prompt only, or generated tokens only; each row's first
 real token (the attention sink) is never steered. A `Trigger` makes steering conditional: clamps act only
 at positions where a chosen latent (e.g. a harm latent) exceeds a threshold, as in conditional activation
-steering. The refusal-direction baselines (ablation at every layer, addition at its layer) can be used
-alone or beside clamps; they act before the clamps at a shared hook.
+steering. The refusal-direction baselines can be used alone or beside clamps; they act before the clamps at
+a shared hook. With r the unit refusal direction and p = x . r: `ablate` (x' = x - p * r at every layer),
+`scale` (x' = x + (alpha - 1) * p * r at every layer; ablate is scale 0), `add` (alpha times the
+difference in means, at its layer), `cap` and `floor` (as above with v = alpha in raw projection units, at
+its layer).
 """
 
 from __future__ import annotations
@@ -33,15 +48,21 @@ from explorer.core.hooks import HookError, parse_hook_name
 from explorer.refusal.direction import RefusalDirection
 from explorer.saes.loading import LoadedSAE
 
-Mode = Literal["set", "multiply", "add"]
+Mode = Literal["set", "multiply", "add", "cap", "floor", "scale"]
 Units = Literal["raw", "max"]
 Scope = Literal["all", "prompt", "generated"]
-DirectionKind = Literal["ablate", "add"]
+DirectionKind = Literal["ablate", "add", "cap", "floor", "scale"]
+FACTOR_MODES: tuple[Mode, ...] = ("multiply", "scale")
+"""Modes whose value is a factor: `units` does not apply to them."""
+DIRECTION_MODES: tuple[Mode, ...] = ("cap", "floor", "scale")
+"""Modes that act on the residual along the latent's decoder direction rather than through the encoder."""
 
 MAX_RAW = 1e4
-"""Largest |value| accepted in raw activation units (the default's residual norms are a few hundred)."""
+"""Largest |value| accepted in raw activation or projection units (the default's residual norms are a
+few hundred)."""
 MAX_FACTOR = 100.0
-"""Largest |value| accepted for `multiply`, and for values in units of the latent's max."""
+"""Largest |value| accepted for a factor (`multiply`, `scale`), and for values in units of the latent's
+max."""
 SPEC_VERSION = 1
 
 
@@ -63,10 +84,12 @@ class Clamp:
     Attributes:
         hook: the SAE's hook, e.g. `blocks.23.hook_resid_pre`.
         latent: latent index in that SAE.
-        mode: "set", "multiply" or "add".
+        mode: "set", "multiply" or "add" (through the encoder), or "cap", "floor" or "scale" (on the
+            residual along the latent's unit decoder direction); see the module docstring.
         value: the value, the factor or the amount (see `units`).
-        units: "raw" activation units, or "max": multiples of the latent's max activation on the corpus
-            (ignored for `multiply`, whose value is a factor).
+        units: "raw" activation units ("raw" residual projection for cap and floor), or "max": multiples of
+            the latent's max activation on the corpus (for cap and floor, of the projection a max-firing
+            latent contributes); ignored for `multiply` and `scale`, whose value is a factor.
     """
 
     hook: str
@@ -82,7 +105,7 @@ class Clamp:
             raise SteeringError(f"clamp units {self.units!r} are not one of {get_args(Units)}")
         if isinstance(self.latent, bool) or not isinstance(self.latent, int) or self.latent < 0:
             raise SteeringError(f"latent must be a non-negative integer, got {self.latent!r}")
-        raw = self.mode != "multiply" and self.units == "raw"
+        raw = self.mode not in FACTOR_MODES and self.units == "raw"
         _finite(f"{self.mode} value for latent {self.latent}", self.value, MAX_RAW if raw else MAX_FACTOR)
 
     @property
@@ -106,8 +129,13 @@ class Trigger:
 
 @dataclass(frozen=True)
 class DirectionBaseline:
-    """The refusal direction as a steering baseline: `ablate` projects it out at every layer, `add` adds
-    `alpha` times the (unnormalised) difference in means at its layer."""
+    """The refusal direction as a steering baseline.
+
+    With r the unit refusal direction and p = x . r: `ablate` projects it out at every layer, `scale`
+    multiplies the component along it by `alpha` at every layer (ablate is scale 0), `add` adds `alpha`
+    times the (unnormalised) difference in means at its layer, `cap` and `floor` bound p above or below
+    by `alpha` (a raw projection, may be negative) at its layer.
+    """
 
     kind: DirectionKind
     alpha: float = 1.0
@@ -115,7 +143,8 @@ class DirectionBaseline:
     def __post_init__(self) -> None:
         if self.kind not in get_args(DirectionKind):
             raise SteeringError(f"direction baseline {self.kind!r} is not one of {get_args(DirectionKind)}")
-        _finite("direction alpha", self.alpha, MAX_FACTOR)
+        projection = self.kind in ("cap", "floor")
+        _finite(f"direction {self.kind} alpha", self.alpha, MAX_RAW if projection else MAX_FACTOR)
 
 
 @dataclass(frozen=True)
@@ -191,7 +220,8 @@ _CLAMP = re.compile(r"^(?P<hook>[^:=]+):(?P<latent>\d+)=(?P<mode>\w+):(?P<value>
 
 
 def parse_clamp(text: str) -> Clamp:
-    """Parse `HOOK:LATENT=MODE:VALUE[:max]`, e.g. `blocks.23.hook_resid_pre:3357=set:8` or `...=multiply:-3`.
+    """Parse `HOOK:LATENT=MODE:VALUE[:max]`, e.g. `blocks.23.hook_resid_pre:3357=set:8`, `...=multiply:-3`,
+    `...=cap:3.5`, `...=floor:1:max` or `...=scale:0`.
 
     Raises:
         SteeringError: the text does not have that form, or a part is invalid.
@@ -228,15 +258,21 @@ def validate(
 
     Raises:
         SteeringError: an unknown hook, a hook with no SAE, a latent out of range, "max" units without a
-            cache, a trigger after a clamped hook, or a direction baseline without a refusal direction.
+            cache, a cap, floor or scale along an all-zero decoder row, a trigger after a clamped hook, or a
+            direction baseline without a refusal direction.
     """
     for clamp in spec.clamps:
         _check_latent("clamp", clamp.hook, clamp.latent, saes, n_layers)
-        relative = clamp.units == "max" and clamp.mode != "multiply"
+        relative = clamp.units == "max" and clamp.mode not in FACTOR_MODES
         if relative and (max_activations is None or clamp.hook not in max_activations):
             raise SteeringError(
                 f"latent {clamp.latent} at {clamp.hook} is given in units of its max activation, but no "
                 "latent cache is loaded for that SAE; build it or use raw units"
+            )
+        if clamp.mode in DIRECTION_MODES and not saes[clamp.hook].sae.W_dec[clamp.latent].abs().any():
+            raise SteeringError(
+                f"latent {clamp.latent} at {clamp.hook} has an all-zero decoder row, so there is no "
+                f"direction to {clamp.mode} along; use set, multiply or add"
             )
     if spec.trigger is not None:
         _check_latent("trigger", spec.trigger.hook, spec.trigger.latent, saes, n_layers)

@@ -8,7 +8,7 @@ import streamlit as st
 
 from explorer.core.generation import SamplingConfig
 from explorer.steering.share import MAX_SEED, ShareError, read_sampling
-from explorer.steering.spec import MAX_FACTOR, MAX_RAW, Clamp, SteeringError
+from explorer.steering.spec import FACTOR_MODES, MAX_FACTOR, MAX_RAW, Clamp, SteeringError
 from explorer.ui.playground_state import widget_key
 from explorer.ui.state import (
     ADD_TO_STEERING,
@@ -21,8 +21,10 @@ from explorer.ui.state import (
 )
 from explorer.workspace import Workspace
 
-MODES = ("set", "multiply", "add")
-DEFAULT_VALUE = {"set": 1.0, "multiply": 0.0, "add": 1.0}
+MODES = ("set", "multiply", "add", "cap", "floor", "scale")
+DEFAULT_VALUE = {"set": 1.0, "multiply": 0.0, "add": 1.0, "cap": 0.0, "floor": 1.0, "scale": 0.0}
+PROJECTION_MODES = ("cap", "floor")
+"""Modes whose value is a residual projection: one "× max" is the projection a max-firing latent adds."""
 SCOPES = {"all": "whole sequence", "prompt": "prompt only", "generated": "generated tokens only"}
 SLIDERS = {  # sampling setting -> (label, low, high, step), within SamplingConfig's limits
     "temperature": ("temperature (0 = greedy)", 0.0, 5.0, 0.05),
@@ -30,21 +32,44 @@ SLIDERS = {  # sampling setting -> (label, low, high, step), within SamplingConf
     "repetition_penalty": ("repetition penalty (1 = off)", 0.5, 3.0, 0.05),
     "frequency_penalty": ("frequency penalty (0 = off)", 0.0, 2.0, 0.05),
 }
-DIRECTIONS = {"none": "none", "ablate": "ablate (every layer)", "add": "add (at its layer)"}
+DIRECTIONS = {
+    "none": "none",
+    "ablate": "ablate (every layer)",
+    "scale": "scale (every layer)",
+    "add": "add (at its layer)",
+    "cap": "cap (at its layer)",
+    "floor": "floor (at its layer)",
+}
+DIRECTION_DEFAULT = {"ablate": 1.0, "scale": 0.0, "add": 1.0, "cap": 0.0, "floor": 0.0}
 
 
-def _value_slider(clamp: dict[str, Any], latent_max: float | None, key: str) -> float:
-    """A slider for a clamp's value in its stated units, ranging within the validated limits."""
+def _value_slider(clamp: dict[str, Any], unit: float | None, key: str) -> float:
+    """A slider for a clamp's value in its stated units, ranging within the validated limits.
+
+    Args:
+        unit: what one "× max" is in raw units: the latent's max activation, or for cap and floor the
+            projection a max-firing latent contributes (None when there is no latent cache).
+    """
     mode, units, value = clamp["mode"], clamp["units"], float(clamp["value"])
-    if mode == "multiply":
-        span, limit, step, label = 10.0, MAX_FACTOR, 0.1, "factor (× the latent's activation)"
+    projection = mode in PROJECTION_MODES
+    if mode in FACTOR_MODES:
+        span, limit, step = 10.0, MAX_FACTOR, 0.1
+        label = (
+            "factor (× the latent's activation)"
+            if mode == "multiply"
+            else "factor (× the component along the latent's direction)"
+        )
     elif units == "max":
         span, limit, step = 10.0, MAX_FACTOR, 0.05
-        label = "value (× the latent's max" + (f" {latent_max:.4g})" if latent_max is not None else ")")
+        what = "projection (× a max-firing latent's" if projection else "value (× the latent's max"
+        label = what + (f" {unit:.4g})" if unit is not None else ")")
     else:
-        span = min(MAX_RAW, 10 * latent_max) if latent_max else 100.0
+        span = min(MAX_RAW, 10 * unit) if unit else 100.0
         limit, step = MAX_RAW, span / 200
-        label = "value (raw activation" + (f"; its max {latent_max:.4g})" if latent_max else ")")
+        if projection:
+            label = "projection (raw" + (f"; a max-firing latent adds {unit:.4g})" if unit else ")")
+        else:
+            label = "value (raw activation" + (f"; its max {unit:.4g})" if unit else ")")
     low, high = max(-limit, min(-span, value)), min(limit, max(span, value))
     return float(st.slider(label, low, high, value, step, key=key))
 
@@ -83,17 +108,19 @@ def _clamp_rows(ws: Workspace) -> None:
             index=["max", "raw"].index(clamp["units"]),
             format_func={"max": "× max", "raw": "raw"}.get,
             horizontal=True,
-            disabled=mode == "multiply",
+            disabled=mode in FACTOR_MODES,
             key=widget_key(f"{name}_units"),
         )
         hook, latent = clamp["hook"], clamp["latent"]
         in_range = hook in maxima and latent < len(maxima[hook])
-        latent_max = float(maxima[hook][latent]) if in_range else None
+        unit = float(maxima[hook][latent]) if in_range else None
+        if unit is not None and mode in PROJECTION_MODES and hook in ws.saes:
+            unit *= float(ws.saes[hook].sae.W_dec.detach()[latent].float().norm())
         if (mode, units) != (clamp["mode"], clamp["units"]):
-            scale = latent_max if units == "raw" and mode != "multiply" and latent_max else 1.0
+            scale = unit if units == "raw" and mode not in FACTOR_MODES and unit else 1.0
             clamp.update(mode=mode, units=units, value=DEFAULT_VALUE[mode] * scale)
         with cols[3]:
-            clamp["value"] = _value_slider(clamp, latent_max, widget_key(f"{name}_{mode}_{units}_value"))
+            clamp["value"] = _value_slider(clamp, unit, widget_key(f"{name}_{mode}_{units}_value"))
 
 
 def _add_latent(ws: Workspace) -> None:
@@ -166,7 +193,8 @@ def _trigger(ws: Workspace) -> None:
 
 
 def _direction(ws: Workspace) -> None:
-    """The refusal-direction baseline: none, ablated at every layer, or added at its layer."""
+    """The refusal-direction baseline: none; ablated or its component scaled at every layer; added, or its
+    projection capped or floored, at its layer."""
     direction = st.session_state.get(STEER_DIRECTION)
     kinds = list(DIRECTIONS)
     kind = st.radio(
@@ -183,11 +211,28 @@ def _direction(ws: Workspace) -> None:
     if kind == "none":
         st.session_state[STEER_DIRECTION] = None
         return
-    alpha = float(direction["alpha"]) if direction else 1.0
-    if kind == "add":
+    # A value carries over only within a kind: an add alpha is no cap, nor a scale factor.
+    kept = direction is not None and direction.get("kind") == kind
+    alpha = float(direction["alpha"]) if kept and direction is not None else DIRECTION_DEFAULT[kind]
+    if kind in ("add", "scale"):
         low, high = max(-MAX_FACTOR, min(-10.0, alpha)), min(MAX_FACTOR, max(10.0, alpha))
+        label = (
+            "alpha (× the difference in means)"
+            if kind == "add"
+            else "factor (× the component along the refusal direction; 0 ablates)"
+        )
+        alpha = float(st.slider(label, low, high, alpha, 0.1, key=widget_key(f"alpha_{kind}")))
+    elif kind in ("cap", "floor") and ws.refusal is not None:
+        separation = float(ws.refusal.direction.float().norm())
         alpha = float(
-            st.slider("alpha (× the difference in means)", low, high, alpha, 0.1, key=widget_key("alpha"))
+            st.number_input(
+                f"{kind}: projection on the unit refusal direction (raw)",
+                -MAX_RAW,
+                MAX_RAW,
+                max(-MAX_RAW, min(MAX_RAW, alpha)),
+                key=widget_key(f"alpha_{kind}"),
+                help=f"The harmful and harmless means differ by {separation:.4g} along the direction.",
+            )
         )
     st.session_state[STEER_DIRECTION] = {"kind": kind, "alpha": alpha}
 
