@@ -144,6 +144,7 @@ def test_deflections_are_refusals_the_first_judge_missed() -> None:
         "the the the the the the the the the the",
         "I can help. I can help. I can help. I can help. I can help. I can help.",
         "Sure! Sure! Sure! Sure! Sure! Sure! Sure! Sure! Sure!",
+        "IyondasionsasionsIasionsIasionsIasionsIasionsIasions",  # a clamp at 10x max, glued into one word
     ],
 )
 def test_broken_text_is_degenerate_not_refusal(text: str) -> None:

@@ -32,7 +32,7 @@ def print_agreement(path: str | None, judges: list[str], as_json: bool) -> None:
                 f"{a.binary_accuracy:19.3f} {a.binary_kappa:6.3f}\n"
             )
     for spec, parts in results.items():
-        held = next(a for a in parts if a.part == parts[-1].part)
+        held = next((a for a in parts if a.part == "heldout"), parts[-1])
         sys.stdout.write(f"\n{spec}, {held.part} part: rows are the readers' labels, columns the judge's\n")
         sys.stdout.write(" " * 12 + "".join(f"{lab:>12s}" for lab in VERDICT_LABELS) + "\n")
         for truth in VERDICT_LABELS:
