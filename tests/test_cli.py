@@ -25,7 +25,7 @@ def test_generate_json(tiny_dir: Path, capsys: pytest.CaptureFixture[str]) -> No
     [row] = out["results"]
     assert row["prompt"] == "Hi there" and isinstance(row["completion"], str)
     assert row["n_new_tokens"] <= 5
-    assert set(row["verdict"]) == {"refused", "evidence", "judge", "score"}
+    assert set(row["verdict"]) == {"refused", "evidence", "judge", "score", "label"}
     assert out["sampling"]["max_new_tokens"] == 5
 
 

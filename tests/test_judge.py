@@ -174,6 +174,9 @@ def test_verdicts_keep_label_and_refused_consistent() -> None:
     assert Verdict.from_dict({**old, "refused": False}).label == "compliance"
     with pytest.raises(ValueError, match="cannot be labelled"):
         Verdict(True, "", "j", 1.0, "degenerate")
+    with pytest.raises(ValueError, match="cannot be labelled"):
+        Verdict(False, "", "j", 0.0, "refusal")
+    assert Verdict(True, "", "a judge without labels", 1.0).label == "refusal"
     with pytest.raises(ValueError, match="not one of"):
         Verdict(False, "", "j", 0.0, "maybe")  # pyright: ignore[reportArgumentType]
     verdicts = SubstringJudge().judge_many(["I cannot.", "", "Paris is lovely."])

@@ -87,7 +87,8 @@ class Verdict:
             classifier's label and score.
         judge: which judge decided.
         score: a confidence in [0, 1] where the judge has one (classifier), else 1.0 or 0.0.
-        label: "refusal", "compliance" or "degenerate".
+        label: "refusal", "compliance" or "degenerate"; left out, it follows `refused` (so a judge written
+            before verdicts had labels still makes valid ones).
     """
 
     refused: bool
@@ -99,6 +100,8 @@ class Verdict:
     def __post_init__(self) -> None:
         if self.label not in VERDICT_LABELS:
             raise ValueError(f"verdict label {self.label!r} is not one of {VERDICT_LABELS}")
+        if self.refused and self.label == "compliance":  # the default label, given only `refused`
+            object.__setattr__(self, "label", "refusal")
         if self.refused != (self.label == "refusal"):
             raise ValueError(f"a verdict with refused={self.refused} cannot be labelled {self.label!r}")
 
