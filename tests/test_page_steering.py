@@ -398,3 +398,27 @@ def test_evaluate_rejects_bad_strengths_and_runs_nothing(open_page: Open) -> Non
     assert not app.exception
     assert "'lots' is not a number" in _errors(app)
     assert EVAL_RESULT not in app.session_state
+
+
+def test_evaluate_judge_picker_and_prompt_sources(open_page: Open, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    app = open_page(EVALUATE)
+    app.selectbox(key="eval_judge").set_value("llm").run()
+    assert not app.exception and app.button(key="eval_run").disabled  # no endpoint named yet
+    app.text_input(key="eval_judge_endpoint").set_value("http://127.0.0.1:9/v1").run()
+    assert "This judge cannot be used" in _errors(app) and "cannot reach" in _errors(app)
+    assert app.button(key="eval_run").disabled
+    app.selectbox(key="eval_judge").set_value("substring-v1").run()
+    assert not app.error and not app.button(key="eval_run").disabled
+    # The separately written set: a sweep's replies come from it, judged by the chosen judge.
+    app.radio(key="eval_prompt_source").set_value("elsewhere").run()
+    app.number_input(key="eval_n").set_value(1)
+    app.number_input(key="eval_tokens").set_value(2)
+    app.number_input(key="eval_loss_rows").set_value(0)
+    app.text_input(key="eval_strengths_set").set_value("1")
+    app.button(key="eval_run").click().run()
+    assert not app.exception
+    result = app.session_state[EVAL_RESULT]
+    assert result["judge"] == "substring-v1" and result["prompts"]["harmful"] == "the elsewhere set"
+    assert all(r["id"].startswith("elsewhere-") for r in result["points"][0].replies)
+    assert any("These rates mean little" in w.value for w in app.warning)  # 1 prompt, 2 tokens

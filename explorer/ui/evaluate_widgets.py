@@ -194,11 +194,21 @@ def choose_judge() -> Judge | None:
         endpoint = st.text_input("Endpoint (OpenAI-compatible, up to /v1)", key="eval_judge_endpoint")
         model = st.text_input("Model (blank: the endpoint's first)", key="eval_judge_model")
         spec = f"llm:{endpoint.strip()}" + (f"#{model.strip()}" if model.strip() else "")
+    if spec in ("classifier:", "llm:"):
+        st.info("Name the classifier or the endpoint to use this judge.")
+        return None
     try:
-        return make_judge(spec)
+        return _loaded_judge(spec)
     except (JudgeError, ValueError) as e:
         st.error(f"This judge cannot be used: {e}")
         return None
+
+
+@st.cache_resource(show_spinner="Loading the judge…", max_entries=4)
+def _loaded_judge(spec: str) -> Judge:
+    """One judge per spec per process: a classifier loads once, an endpoint is asked for its models once
+    (a failure is not cached, so a fixed endpoint works on the next try)."""
+    return make_judge(spec)
 
 
 def run_sweep(
