@@ -7,10 +7,11 @@ import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from explorer.cli.options import add_judge_arg, add_model_args, load_workspace_for
 from explorer.core.paths import write_text_atomic
+from explorer.steering.evaluation import SweepKind
 
 
 def _latents(text: str, workspace: Any, hook: str | None) -> list[tuple[str, int]]:
@@ -39,6 +40,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         EvalConfig,
         evaluate,
         points_csv,
+        prompt_source,
         replies_csv,
         small_sample_warning,
         sweep_specs,
@@ -90,8 +92,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "config": config.to_dict(),
         "judge": judge.name,
         "prompts": {
-            "harmful": args.harmful or ("elsewhere" if args.elsewhere else f"builtin {args.split}"),
-            "harmless": args.harmless or ("elsewhere" if args.elsewhere else f"builtin {args.split}"),
+            "harmful": prompt_source(config, args.harmful),
+            "harmless": prompt_source(config, args.harmless),
         },
         "points": [asdict(p) for p in points],
     }
@@ -137,19 +139,7 @@ def add_eval_parser(sub: Any) -> None:
     p.add_argument(
         "--mode",
         default="set",
-        choices=[
-            "set",
-            "multiply",
-            "add",
-            "cap",
-            "floor",
-            "scale",
-            "direction-add",
-            "direction-ablate",
-            "direction-scale",
-            "direction-cap",
-            "direction-floor",
-        ],
+        choices=get_args(SweepKind),
         help=(
             "clamp mode for the latents (set, multiply, add on the activation; cap, floor on the residual's "
             "projection on each latent's decoder direction; scale, a factor on that component), or a "

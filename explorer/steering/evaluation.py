@@ -153,6 +153,14 @@ def small_sample_warning(point: SweepPoint, max_new_tokens: int) -> str | None:
     return "; ".join(reasons) or None
 
 
+def prompt_source(config: EvalConfig, given: str | None = None) -> str:
+    """Where a sweep's prompts of one label come from, in words: `given` (a user's file or upload), else
+    the configured built-in set."""
+    if given is not None:
+        return given
+    return "the elsewhere set" if config.prompt_set == "elsewhere" else f"the {config.split} split"
+
+
 def eval_prompts(
     label: Label, config: EvalConfig, records: Sequence[PromptRecord] | None = None
 ) -> list[PromptRecord]:

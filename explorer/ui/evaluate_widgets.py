@@ -22,6 +22,7 @@ from explorer.steering.evaluation import (
     SweepPoint,
     evaluate,
     points_csv,
+    prompt_source,
     replies_csv,
     small_sample_warning,
     sweep_specs,
@@ -256,11 +257,7 @@ def run_sweep(
         st.error(f"The sweep stopped: {e}")
         return
     sources = {
-        label: (
-            f"{len(records)} uploaded"
-            if records is not None
-            else ("the elsewhere set" if config.prompt_set == "elsewhere" else f"the {config.split} split")
-        )
+        label: prompt_source(config, None if records is None else f"{len(records)} uploaded")
         for label, records in uploaded.items()
     }
     st.session_state[EVAL_RESULT] = {
