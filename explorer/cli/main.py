@@ -16,6 +16,7 @@ from explorer.cli.model import add_model_parsers
 from explorer.cli.notes import add_notes_parser
 from explorer.cli.refusal import add_refusal_parsers
 from explorer.cli.sae import add_sae_parser
+from explorer.cli.search import add_search_parser
 from explorer.cli.workspaces import add_workspace_parsers
 
 log = logging.getLogger("explorer")
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_cache_parser(sub)
     add_export_parser(sub)
     add_eval_parser(sub)
+    add_search_parser(sub)
     add_notes_parser(sub)
     add_label_parser(sub)
     return parser

@@ -245,67 +245,89 @@ def evaluate(
             settings in all, the label just done), e.g. to drive a progress bar in the app.
     """
     config = config or EvalConfig()
-    prompts: dict[str, list[PromptRecord]] = {
+    prompts = {
         "harmful": eval_prompts("harmful", config, harmful),
         "harmless": eval_prompts("harmless", config, harmless),
     }
-    rows: list[int] = []
-    if corpus is not None and config.loss_rows:
-        candidates = [r for r in corpus.rows("heldout", "chat") if corpus.sequences[r].label == "harmless"]
-        step = max(1, len(candidates) // config.loss_rows)
-        rows = candidates[::step][: config.loss_rows]
-    sampling = SamplingConfig(max_new_tokens=config.max_new_tokens)
+    rows = loss_rows(corpus, config.loss_rows)
     points = []
     todo = [("unsteered", None, SteeringSpec()), *settings]
     for label, strength, spec in todo:
-        start = time.perf_counter()
-        verdicts: dict[str, list[Verdict]] = {}
-        shown: list[dict[str, Any]] = []
-        for name, records in prompts.items():
-            texts = [r.text for r in records]
-            replies = decode_many(
-                steerer, texts, spec, sampling, batch_size=config.batch_size, progress=progress
-            )
-            verdicts[name] = [Verdict.from_dict(r.verdict) for r in replies]  # decode judged each reply
-            shown += [
-                {
-                    "prompt_label": name,
-                    "id": record.id,
-                    "prompt": record.text,
-                    "reply": reply.text,
-                    "verdict": verdict.label,
-                    "evidence": verdict.evidence,
-                }
-                for record, reply, verdict in zip(records, replies, verdicts[name], strict=True)
-            ]
-        ce, kl = (
-            capability_cost(steerer, spec, corpus, rows)
-            if corpus is not None and rows
-            else (math.nan, math.nan)
-        )
         points.append(
-            SweepPoint(
-                label,
-                strength,
-                refusal_rate(verdicts["harmful"]),
-                refusal_rate(verdicts["harmless"]),
-                len(prompts["harmful"]),
-                len(prompts["harmless"]),
-                ce,
-                kl,
-                mc_accuracy(steerer, spec, mc_items) if mc_items else None,
-                spec.to_dict(),
-                round(time.perf_counter() - start, 1),
-                label_rate(verdicts["harmful"], "degenerate"),
-                label_rate(verdicts["harmless"], "degenerate"),
-                wilson_interval(sum(v.refused for v in verdicts["harmful"]), len(verdicts["harmful"])),
-                wilson_interval(sum(v.refused for v in verdicts["harmless"]), len(verdicts["harmless"])),
-                shown,
+            measure(
+                steerer, label, strength, spec, prompts, corpus, rows, config, mc_items, progress=progress
             )
         )
         if on_progress is not None:
             on_progress(len(points), len(todo), label)
     return points
+
+
+def loss_rows(corpus: Corpus | None, n: int) -> list[int]:
+    """`n` held-out harmless transcripts of the corpus, spread evenly over them (none without a corpus)."""
+    if corpus is None or n <= 0:
+        return []
+    candidates = [r for r in corpus.rows("heldout", "chat") if corpus.sequences[r].label == "harmless"]
+    step = max(1, len(candidates) // n)
+    return candidates[::step][:n]
+
+
+def measure(
+    steerer: Steerer,
+    label: str,
+    strength: float | None,
+    spec: SteeringSpec,
+    prompts: dict[str, list[PromptRecord]],
+    corpus: Corpus | None,
+    rows: Sequence[int],
+    config: EvalConfig,
+    mc_items: Sequence[MCItem] | None = None,
+    *,
+    progress: bool = False,
+) -> SweepPoint:
+    """One setting's numbers: greedy replies to `prompts` ("harmful" and "harmless" records) judged by
+    the steerer's judge, CE and KL on the corpus's `rows` (NaN without them), and MC accuracy."""
+    start = time.perf_counter()
+    verdicts: dict[str, list[Verdict]] = {}
+    shown: list[dict[str, Any]] = []
+    sampling = SamplingConfig(max_new_tokens=config.max_new_tokens)
+    for name, records in prompts.items():
+        texts = [r.text for r in records]
+        replies = decode_many(steerer, texts, spec, sampling, batch_size=config.batch_size, progress=progress)
+        verdicts[name] = [Verdict.from_dict(r.verdict) for r in replies]  # decode judged each reply
+        shown += [
+            {
+                "prompt_label": name,
+                "id": record.id,
+                "category": record.category,
+                "prompt": record.text,
+                "reply": reply.text,
+                "verdict": verdict.label,
+                "evidence": verdict.evidence,
+            }
+            for record, reply, verdict in zip(records, replies, verdicts[name], strict=True)
+        ]
+    ce, kl = (
+        capability_cost(steerer, spec, corpus, list(rows)) if corpus is not None and rows else (math.nan,) * 2
+    )
+    return SweepPoint(
+        label,
+        strength,
+        refusal_rate(verdicts["harmful"]),
+        refusal_rate(verdicts["harmless"]),
+        len(prompts["harmful"]),
+        len(prompts["harmless"]),
+        ce,
+        kl,
+        mc_accuracy(steerer, spec, mc_items) if mc_items else None,
+        spec.to_dict(),
+        round(time.perf_counter() - start, 1),
+        label_rate(verdicts["harmful"], "degenerate"),
+        label_rate(verdicts["harmless"], "degenerate"),
+        wilson_interval(sum(v.refused for v in verdicts["harmful"]), len(verdicts["harmful"])),
+        wilson_interval(sum(v.refused for v in verdicts["harmless"]), len(verdicts["harmless"])),
+        shown,
+    )
 
 
 def points_csv(points: Sequence[SweepPoint]) -> str:
@@ -323,8 +345,8 @@ def points_csv(points: Sequence[SweepPoint]) -> str:
 def replies_csv(points: Sequence[SweepPoint]) -> str:
     """Every reply of every setting with its verdict: one row per (setting, prompt)."""
     out = io.StringIO()
-    fields = ["setting", "prompt_label", "id", "prompt", "reply", "verdict", "evidence"]
-    writer = csv.DictWriter(out, fieldnames=fields)
+    fields = ["setting", "prompt_label", "id", "category", "prompt", "reply", "verdict", "evidence"]
+    writer = csv.DictWriter(out, fieldnames=fields, restval="")
     writer.writeheader()
     for p in points:
         for reply in p.replies:
