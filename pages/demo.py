@@ -7,7 +7,14 @@ import streamlit as st
 from explorer.core.generation import SamplingConfig
 from explorer.ui.loaders import workspace_or_stop
 from explorer.ui.state import DEMO_RESULTS, DEMO_TOKENS_WIDGET
-from explorer.ui.walkthrough import N_CLAMPED, direction_step, induce_step, jailbreak_step, latents_step
+from explorer.ui.walkthrough import (
+    N_CLAMPED,
+    direction_step,
+    induce_step,
+    jailbreak_step,
+    latents_step,
+    stored_examples,
+)
 
 NEW_TOKENS = 48
 
@@ -31,16 +38,17 @@ new_tokens = st.number_input(
 sampling = SamplingConfig(max_new_tokens=int(new_tokens))
 
 st.header("3 · Induce refusal")
+examples, note = stored_examples(workspace, hook, clamped)
 if hook is None or not clamped:
     st.info("Needs the main SAE's latent cache (step 2).")
 else:
-    induce_step(workspace, hook, clamped, sampling, results)
+    induce_step(workspace, hook, clamped, sampling, results, examples, note)
 
 st.header("4 · Jailbreak")
 if workspace.refusal is None and not clamped:
     st.info("Needs the refusal direction (step 1) or the main SAE's latent cache (step 2).")
 else:
-    jailbreak_step(workspace, hook, clamped, sampling, results)
+    jailbreak_step(workspace, hook, clamped, sampling, results, examples, note)
 
 st.header("5 · Explore further")
 st.page_link(

@@ -5,30 +5,53 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 from explorer.cli.options import add_judge_arg, add_model_args, load_workspace_for
 from explorer.core.paths import write_text_atomic
 from explorer.steering.evaluation import SweepKind
 
+if TYPE_CHECKING:
+    from explorer.steering.spec import Trigger
+
 
 def _latents(text: str, workspace: Any, hook: str | None) -> list[tuple[str, int]]:
-    """`top:N` (the N latents of the SAE most aligned with the refusal direction by decoder cosine) or
+    """`top:N` (the N latents of the SAE most aligned with the refusal direction by decoder cosine),
+    `attribution:N` or `cosine+attribution:N` (`explorer.steering.search.candidate_latents`), or
     `HOOK:LATENT,...`."""
-    if text.startswith("top:"):
+    from explorer.steering.search import candidate_latents
+
+    selection, _, n = text.partition(":")
+    if selection in ("top", "cosine", "attribution", "cosine+attribution") and n.isdigit():
         hook = hook or workspace.main
         if hook is None or hook not in workspace.caches:
             raise ValueError(f"--latents {text}: no latent cache for {hook}; build it or name latents")
-        return [(hook, i) for i in workspace.caches[hook].top_latents("refusal_cos", int(text[4:]))]
+        chosen = "cosine" if selection == "top" else selection
+        return [(hook, i) for i in candidate_latents(workspace.caches[hook], chosen, int(n))]  # pyright: ignore[reportArgumentType]
     out = []
     for part in text.split(","):
         name, _, latent = part.strip().rpartition(":")
         if not name or not latent.isdigit():
-            raise ValueError(f"--latents entry {part!r} is not HOOK:LATENT or top:N")
+            raise ValueError(
+                f"--latents entry {part!r} is not HOOK:LATENT, top:N, attribution:N or cosine+attribution:N"
+            )
         out.append((name, int(latent)))
     return out
+
+
+def _trigger(text: str | None) -> Trigger | None:
+    """`HOOK:LATENT:THRESHOLD` -> a trigger gating every setting's clamps."""
+    from explorer.steering.spec import SteeringError, Trigger
+
+    if not text:
+        return None
+    hook, latent, threshold = [*text.rsplit(":", 2), "", ""][:3]
+    try:
+        return Trigger(hook, int(latent), float(threshold))
+    except ValueError as e:
+        raise SteeringError(f"--trigger {text!r} is not HOOK:LATENT:THRESHOLD ({e})") from e
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -65,6 +88,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     workspace = load_workspace_for(args)
     latents = [] if args.mode.startswith("direction") else _latents(args.latents, workspace, args.hook)
     settings = sweep_specs(args.mode, latents, strengths, args.units)
+    trigger = _trigger(args.trigger)
+    if trigger is not None:
+        if args.mode.startswith("direction"):
+            raise ValueError("--trigger gates latent clamps; the direction baselines have none")
+        settings = [(f"{label} gated", s, replace(spec, trigger=trigger)) for label, s, spec in settings]
     from explorer.steering.spec import validate
 
     for _, _, spec in settings:  # every spec is checked before the first one runs
@@ -88,6 +116,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     document = {
         "model": workspace.loaded.name,
         "latents": [f"{h}:{i}" for h, i in latents],
+        "trigger": args.trigger,
         "mode": args.mode,
         "config": config.to_dict(),
         "judge": judge.name,
@@ -150,9 +179,17 @@ def add_eval_parser(sub: Any) -> None:
     p.add_argument(
         "--latents",
         default="top:3",
-        help="top:N by decoder cosine with the refusal direction, or HOOK:LATENT,...",
+        help=(
+            "top:N by decoder cosine with the refusal direction, attribution:N, cosine+attribution:N (the "
+            "4N highest by cosine, then the N of them with most attribution), or HOOK:LATENT,..."
+        ),
     )
-    p.add_argument("--hook", help="SAE for top:N (default: the main SAE)")
+    p.add_argument("--hook", help="SAE for top:N and the other selections (default: the main SAE)")
+    p.add_argument(
+        "--trigger",
+        metavar="HOOK:LATENT:THRESHOLD",
+        help="conditional steering: every setting's clamps act only where this latent exceeds the threshold",
+    )
     p.add_argument(
         "--strengths", default="1,2,4,8", help="comma-separated values (factors for multiply, alphas)"
     )

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from explorer import __version__
 from explorer.cli.cache import add_cache_parser
 from explorer.cli.evaluate import add_eval_parser
+from explorer.cli.examples import add_examples_parser
 from explorer.cli.export import add_export_parser
 from explorer.cli.label import add_label_parser
 from explorer.cli.model import add_model_parsers
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_parser(sub)
     add_eval_parser(sub)
     add_search_parser(sub)
+    add_examples_parser(sub)
     add_notes_parser(sub)
     add_label_parser(sub)
     return parser

@@ -15,6 +15,7 @@ from typing import Any, get_args
 from explorer.cli.options import add_judge_arg, add_model_args, load_workspace_for
 from explorer.core.paths import user_dir, write_text_atomic
 from explorer.steering.search import DEFAULT_OBJECTIVES, Goal, Selection
+from explorer.steering.search_study import MAX_DEGENERATE
 
 
 def studies_file(model: str) -> Path:
@@ -26,51 +27,19 @@ def _split_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
-def _candidates(args: argparse.Namespace, workspace: Any) -> tuple[str, list[tuple[str, int]]]:
-    """(how they were chosen, the candidate latents): by a selection over the hook's cache, or a list."""
-    from explorer.steering.search import SearchError, candidate_latents
-
-    if args.candidates in get_args(Selection):
-        hook = args.hook or workspace.main
-        if hook is None or hook not in workspace.caches:
-            raise SearchError(
-                f"no latent cache for {hook}; build it or list the candidates as HOOK:LATENT,..."
-            )
-        chosen = candidate_latents(workspace.caches[hook], args.candidates, args.top)
-        return f"top {args.top} by {args.candidates} at {hook}", [(hook, i) for i in chosen]
-    out = []
-    for part in _split_list(args.candidates):
-        name, _, latent = part.rpartition(":")
-        if not name or not latent.isdigit():
-            raise SearchError(
-                f"--candidates entry {part!r} is not HOOK:LATENT (or one of {', '.join(get_args(Selection))})"
-            )
-        out.append((name, int(latent)))
-    return "listed", out
-
-
 def _trigger(args: argparse.Namespace, workspace: Any, hooks: list[str]) -> tuple[str, int] | None:
-    """The harm latent trials may gate on: none, `auto` (the earliest cached SAE at or before every
-    candidate's hook, its most harm-selective latent) or HOOK:LATENT."""
-    from explorer.core.hooks import parse_hook_name
-    from explorer.steering.search import SearchError, harm_latent
+    """The harm latent trials may gate on: none, `auto` (see `auto_trigger`) or HOOK:LATENT."""
+    from explorer.steering.search import SearchError, parse_latent
+    from explorer.steering.search_setup import auto_trigger
 
     if args.trigger == "none":
         return None
     if args.trigger == "auto":
-        n_layers = workspace.loaded.n_layers
-        first = min(parse_hook_name(h, n_layers).depth for h in hooks)
-        usable = sorted(
-            (h for h in workspace.caches if parse_hook_name(h, n_layers).depth <= first),
-            key=lambda h: parse_hook_name(h, n_layers).depth,
-        )
-        if not usable:
-            raise SearchError("--trigger auto: no cached SAE at or before the candidates' hook")
-        return usable[0], harm_latent(workspace.caches[usable[0]])
-    name, _, latent = args.trigger.rpartition(":")
-    if not name or not latent.isdigit():
-        raise SearchError(f"--trigger {args.trigger!r} is not none, auto or HOOK:LATENT")
-    return name, int(latent)
+        return auto_trigger(workspace.caches, workspace.loaded.n_layers, hooks)
+    try:
+        return parse_latent(args.trigger, "--trigger")
+    except SearchError:
+        raise SearchError(f"--trigger {args.trigger!r} is not none, auto or HOOK:LATENT") from None
 
 
 def _trials_csv(records: list[Any]) -> str:
@@ -88,23 +57,24 @@ def cmd_search(args: argparse.Namespace) -> int:
     from explorer.core.prompts import load_prompt_file
     from explorer.saes.corpus import CorpusError, corpus_dir, load_corpus
     from explorer.steering.evaluation import EvalConfig, replies_csv
-    from explorer.steering.search import (
-        SearchConfig,
-        SearchError,
-        baselines,
-        candidate_latents,
+    from explorer.steering.search import SearchConfig, SearchError, default_study_name
+    from explorer.steering.search_front import (
         front_figure,
         front_specs,
-        open_study,
         recipe_verdicts,
         remeasure,
-        run_search,
-        trials,
-        val_measure,
         with_replies_dropped,
     )
+    from explorer.steering.search_setup import (
+        check_search,
+        compare_settings,
+        remeasure_sets,
+        resolve_candidates,
+        trigger_max,
+    )
+    from explorer.steering.search_study import open_study, run_search, trials, val_measure
     from explorer.steering.share import PlaygroundSetup, encode_setup
-    from explorer.steering.spec import Clamp, SteeringSpec, Trigger, validate
+    from explorer.steering.spec import SteeringSpec
 
     if args.trials is None and args.budget is None:
         raise SearchError("give --trials, --budget (minutes) or both")
@@ -112,16 +82,16 @@ def cmd_search(args: argparse.Namespace) -> int:
     harmless = load_prompt_file(args.harmless, "harmless") if args.harmless else None
     judge = make_judge(args.judge)
     workspace = load_workspace_for(args)
-    chosen_by, candidates = _candidates(args, workspace)
+    hook = args.hook or workspace.main
+    chosen_by, candidates = resolve_candidates(workspace.caches, args.candidates, hook, args.top)
     trigger = _trigger(args, workspace, [h for h, _ in candidates])
-    trigger_max = float(workspace.caches[trigger[0]].column("max")[trigger[1]]) if trigger else 0.0
     config = SearchConfig(
         args.goal,
         tuple(candidates),
         _split_list(args.modes) if args.modes else (),  # pyright: ignore[reportArgumentType]
         _split_list(args.scopes),  # pyright: ignore[reportArgumentType]
         trigger,
-        trigger_max,
+        trigger_max(workspace.caches, trigger) if trigger else 0.0,
         _split_list(args.objectives),  # pyright: ignore[reportArgumentType]
         EvalConfig(
             "val", args.n_harmful, args.n_harmless, args.max_new_tokens, args.batch_size, args.loss_rows
@@ -129,13 +99,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         seed=args.seed,
         sampler=args.sampler,
     )
-    # Every clamp a trial may make is checked before the first trial runs (latents in range, caches).
-    probe = SteeringSpec(
-        tuple(Clamp(h, i, mode, 1.0, "max") for h, i in candidates for mode in config.search_modes[:1])
-    )
-    validate(probe, workspace.saes, workspace.loaded.n_layers, max_activations=workspace.max_activations())
+    check_search(config, workspace.saes, workspace.loaded.n_layers, workspace.max_activations())
     storage = Path(args.storage) if args.storage else studies_file(workspace.loaded.name)
-    name = args.study or f"{args.goal}-{config.fingerprint()[:10]}"
+    name = args.study or default_study_name(config)
     study = open_study(config, storage, name)
     try:
         corpus = load_corpus(corpus_dir(workspace.loaded.name), workspace.loaded.tokenizer)
@@ -170,24 +136,22 @@ def cmd_search(args: argparse.Namespace) -> int:
             on_trial=report,
             progress=not args.json,
         )
+    records = trials(study, args.max_degenerate)
     if not records:
         raise SearchError(f"study {name!r} has no finished trial yet; run it with --trials or --budget")
     chosen = front_specs(records, args.remeasure, args.goal)
-    recipe_hook = args.hook or workspace.main
-    recipe, attributed = [], []
-    if recipe_hook in workspace.caches:
-        cache = workspace.caches[recipe_hook]
-        recipe = [(recipe_hook, i) for i in candidate_latents(cache, "cosine", args.recipe_k)]
-        if "attribution" in cache.column_names():
-            attributed = [
-                (recipe_hook, i) for i in candidate_latents(cache, "cosine+attribution", args.recipe_k)
-            ]
-    gate = None
-    if trigger is not None:  # the recipe gated half-way between the harm latent's harmful and harmless means
-        means = workspace.caches[trigger[0]].column("post_mean")[trigger[1]]
-        gate = Trigger(*trigger, threshold=round(float(means.mean()), 4))
-    compare = baselines(
-        args.goal, recipe, has_direction=workspace.refusal is not None, attributed=attributed, gate=gate
+    if not chosen:
+        sys.stderr.write(
+            f"no trial is on the front: every one broke the model (more than {args.max_degenerate:.0%} "
+            "degenerate replies); only the baselines are re-measured\n"
+        )
+    compare = compare_settings(
+        args.goal,
+        workspace.caches,
+        hook,
+        has_direction=workspace.refusal is not None,
+        recipe_k=args.recipe_k,
+        trigger=trigger,
     )
     document: dict[str, Any] = {
         "model": workspace.loaded.name,
@@ -200,24 +164,11 @@ def cmd_search(args: argparse.Namespace) -> int:
         "front_on_val": [asdict(r) for r in records if r.on_front],
         "remeasured": {},
     }
-    sets = []
-    if args.remeasure > 0:
-        sets.append(
-            EvalConfig(
-                "test", args.test_n, args.test_n, args.max_new_tokens, args.batch_size, args.loss_rows * 2
-            )
-        )
-        if not args.no_elsewhere:
-            sets.append(
-                EvalConfig(
-                    n_harmful=args.test_n,
-                    n_harmless=args.test_n,
-                    max_new_tokens=args.max_new_tokens,
-                    batch_size=args.batch_size,
-                    loss_rows=args.loss_rows * 2,
-                    prompt_set="elsewhere",
-                )
-            )
+    sets = (
+        remeasure_sets(config.evaluation, args.test_n, elsewhere=not args.no_elsewhere)
+        if args.remeasure > 0
+        else []
+    )
     out = Path(args.out) if args.out else None
     for evaluation in sets:
         measured = remeasure(steerer, corpus, chosen, compare, evaluation, progress=not args.json)
@@ -263,6 +214,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def _print_set(measured: dict[str, Any]) -> None:
+    from explorer.steering.search_setup import verdict_sentence
+
     sys.stdout.write(f"\non {measured['prompts']}:\n")
     sys.stdout.write(
         "setting                               refused harmful [95% CI]  harmless [95% CI]     KL\n"
@@ -274,8 +227,7 @@ def _print_set(measured: dict[str, Any]) -> None:
             f"{p['refusal_harmless']:6.1%} [{sl:.0%}-{sh:.0%}]  {p['kl']:.3f}\n"
         )
     for verdict in measured["recipe_beaten"]:
-        who = ", ".join(verdict["beaten_by"]) or "no front point"
-        sys.stdout.write(f"{verdict['recipe']}: beaten on both rates at equal or lower KL by {who}\n")
+        sys.stdout.write(verdict_sentence(verdict) + "\n")
 
 
 def add_search_parser(sub: Any) -> None:
@@ -328,6 +280,12 @@ def add_search_parser(sub: Any) -> None:
     )
     p.add_argument("--test-n", type=int, help="prompts per label when re-measuring (default: all)")
     p.add_argument("--no-elsewhere", action="store_true", help="re-measure on the test split only")
+    p.add_argument(
+        "--max-degenerate",
+        type=float,
+        default=MAX_DEGENERATE,
+        help="a trial with more than this share of degenerate replies (either label) is never on the front",
+    )
     p.add_argument("--recipe-k", type=int, default=3, help="latents of the papers' recipe baseline")
     p.add_argument("--sampler", default="tpe", choices=["tpe", "nsga2", "random"])
     p.add_argument("--seed", type=int, default=0)

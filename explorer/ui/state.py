@@ -35,6 +35,9 @@ STEER_PROMPT = "steer_prompt"
 """The playground's prompt text, kept apart from its widget so it survives page switches."""
 LAST_RESULT = "last_side_by_side"
 EVAL_RESULT = "eval_result"
+SEARCH_RESULT = "search_result"
+"""The Search tab's study on show: a dict of model, study name, storage path, `SearchConfig`, how the
+candidates were chosen, the recipe's hook, its `TrialRecord`s and the `Remeasured` prompt sets."""
 INSPECT_PROMPT = "inspect_prompt"
 INSPECT_RESULT = "inspector_result"
 """The inspector's last (request, PromptInspection), so reruns do not run the model again."""
@@ -75,6 +78,7 @@ PER_WORKSPACE = (
     STEERED_CHAT,
     LAST_RESULT,
     EVAL_RESULT,
+    SEARCH_RESULT,
     INSPECT_RESULT,
     INSPECT_COMPARED,
     INSPECT_REPLIES,
