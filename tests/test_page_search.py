@@ -71,6 +71,7 @@ def _tiny_settings(app: AppTest, trials: int = 2) -> AppTest:
     app.number_input(key="search_loss_rows").set_value(0)
     app.multiselect(key="search_objectives").set_value(["refusal", "over-refusal"])
     app.number_input(key="search_trials").set_value(trials)
+    app.number_input(key="search_max_degenerate").set_value(1.0)  # the tiny model's replies are broken text
     return app
 
 

@@ -29,7 +29,7 @@ from explorer.steering.search import (
     parse_latent,
 )
 from explorer.steering.search_front import baselines
-from explorer.steering.search_study import TrialRecord, trials
+from explorer.steering.search_study import MAX_DEGENERATE, TrialRecord, trials
 from explorer.steering.spec import Clamp, SteeringSpec, Trigger, validate
 
 Setting = tuple[str, float | None, SteeringSpec]
@@ -214,8 +214,11 @@ def stored_studies(path: Path) -> list[str]:
         raise SearchError(f"cannot read the studies in {path}: {e}") from e
 
 
-def load_stored(path: Path, name: str) -> tuple[SearchConfig, list[TrialRecord]]:
-    """A stored study's search config and finished trials (front marked), without running anything.
+def load_stored(
+    path: Path, name: str, max_degenerate: float = MAX_DEGENERATE
+) -> tuple[SearchConfig, list[TrialRecord]]:
+    """A stored study's search config and finished trials (front marked, see `trials`), without running
+    anything.
 
     Raises:
         SearchError: no such study in `path`, a file that is not a study database, or a study that a
@@ -230,4 +233,4 @@ def load_stored(path: Path, name: str) -> tuple[SearchConfig, list[TrialRecord]]
     data = study.user_attrs.get("config")
     if not isinstance(data, Mapping):
         raise SearchError(f"study {name!r} in {path} was not made by a steering search (it has no config)")
-    return SearchConfig.from_dict(data), trials(study)
+    return SearchConfig.from_dict(data), trials(study, max_degenerate)

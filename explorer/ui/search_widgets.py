@@ -4,18 +4,16 @@ does (the same library functions, the same study file)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, get_args
+from typing import get_args
 
 import streamlit as st
 
 from explorer.cli.search import studies_file
 from explorer.core.judge import Judge
 from explorer.core.prompts import builtin_prompts
-from explorer.saes.corpus import Corpus, CorpusError, corpus_dir, load_corpus
-from explorer.steering.evaluation import EvalConfig, prompt_source
+from explorer.steering.evaluation import EvalConfig
 from explorer.steering.search import (
     DEFAULT_EVALUATION,
     DEFAULT_MODES,
@@ -27,20 +25,25 @@ from explorer.steering.search import (
     SearchError,
     default_study_name,
 )
-from explorer.steering.search_front import front_specs, remeasure
 from explorer.steering.search_setup import (
     auto_trigger,
     check_search,
-    compare_settings,
     load_stored,
     parse_candidates,
-    remeasure_sets,
     resolve_candidates,
     stored_studies,
     trigger_max,
 )
-from explorer.steering.search_study import TrialRecord, open_study, run_search, trials, val_measure
+from explorer.steering.search_study import (
+    MAX_DEGENERATE,
+    TrialRecord,
+    open_study,
+    run_search,
+    trials,
+    val_measure,
+)
 from explorer.steering.spec import Scope
+from explorer.ui.search_remeasure import corpus_for, remeasure_form
 from explorer.ui.search_results import open_setting, show_remeasured, show_trials, trial_table
 from explorer.ui.state import SEARCH_RESULT
 from explorer.workspace import Workspace
@@ -58,6 +61,7 @@ SCOPES: dict[Scope, str] = {
     "generated": "generated tokens only",
 }
 TRIALS, BUDGET_MINUTES = 20, 20.0
+MAX_DEGENERATE_KEY = "search_max_degenerate"
 FAILURES = (ValueError,)
 """What a bad setting or a failing judge raises (SearchError, SteeringError, CacheError, DataError,
 JudgeError and LLMError are all ValueErrors): shown with st.error, the page kept."""
@@ -199,6 +203,16 @@ def search_form(ws: Workspace, stored: list[str]) -> SearchRequest | None:
     name = st.text_input(
         "Study name", key="search_study", placeholder="blank: the goal and a fingerprint of the settings"
     )
+    st.number_input(
+        "Most degenerate replies on the front",
+        0.0,
+        1.0,
+        MAX_DEGENERATE,
+        0.05,
+        key=MAX_DEGENERATE_KEY,
+        help="a trial with a larger share of broken-text replies (on either label) breaks the model: it is "
+        "kept, but never on the front, however little it over-refuses",
+    )
     try:
         for what, chosen in (("mode", modes), ("scope", scopes), ("objective", objectives)):
             if not chosen:
@@ -236,15 +250,8 @@ def search_form(ws: Workspace, stored: list[str]) -> SearchRequest | None:
     return SearchRequest(config, chosen_by, hook, study, int(n_trials), float(minutes) * 60)
 
 
-def _corpus(ws: Workspace, rows: int) -> Corpus | None:
-    """The model's corpus for KL and CE, or None (with a warning) when it was not built."""
-    if rows <= 0:
-        return None
-    try:
-        return load_corpus(corpus_dir(ws.loaded.name), ws.loaded.tokenizer)
-    except CorpusError as e:
-        st.warning(f"No capability cost (CE, KL): {e}")
-        return None
+def _max_degenerate() -> float:
+    return float(st.session_state.get(MAX_DEGENERATE_KEY, MAX_DEGENERATE))
 
 
 def run_search_now(ws: Workspace, request: SearchRequest, judge: Judge, path: Path) -> None:
@@ -255,7 +262,7 @@ def run_search_now(ws: Workspace, request: SearchRequest, judge: Judge, path: Pa
     except FAILURES as e:
         st.error(f"Cannot open the study: {e}. Nothing was run.")
         return
-    corpus = _corpus(ws, config.evaluation.loss_rows)
+    corpus = corpus_for(ws, config.evaluation.loss_rows)
     bar = st.progress(0.0, text=f"trial 1 of up to {request.n_trials}…")
     live = st.empty()
     done_now: list[TrialRecord] = []
@@ -279,7 +286,7 @@ def run_search_now(ws: Workspace, request: SearchRequest, judge: Judge, path: Pa
         error = e
     bar.empty()
     live.empty()
-    records = trials(study)
+    records = trials(study, _max_degenerate())
     if error is not None:
         kept = f"; its {len(records)} finished trials are stored" if records else ""
         st.error(f"The search stopped: {error}{kept}.")
@@ -323,77 +330,9 @@ def stored_section(ws: Workspace, path: Path, names: list[str], problem: str | N
         if not st.button("Show this study", key="search_load") or name is None:
             return
         try:
-            config, records = load_stored(path, name)
+            config, records = load_stored(path, name, _max_degenerate())
         except FAILURES as e:
             st.error(f"Cannot show study {name!r}: {e}.")
             return
         hook = config.candidates[0][0] if config.candidates[0][0] in ws.caches else ws.main
         _keep(ws, name, path, config, "as stored", hook, records)
-
-
-def remeasure_form(ws: Workspace, judge: Judge | None, result: dict[str, Any]) -> None:
-    """Re-measure the front on the test split (and the elsewhere set) beside the baselines, with progress."""
-    st.subheader("Re-measure the front")
-    st.caption(
-        "The front was chosen on the val split: measure it on prompts the search never saw, beside the "
-        "unsteered model, the refusal direction and the papers' recipe."
-    )
-    n_test = max(len(builtin_prompts(label, "test")) for label in ("harmful", "harmless"))
-    cols = st.columns(3)
-    points = cols[0].number_input("Front points", 1, 32, 4, key="search_front_n")
-    n = cols[1].number_input(
-        "Prompts per label (test)",
-        1,
-        n_test,
-        n_test,
-        key="search_test_n",
-        help=f"{n_test} takes every prompt",
-    )
-    elsewhere = cols[2].checkbox("Also the elsewhere set", True, key="search_elsewhere")
-    if not st.button("Re-measure front", key="search_remeasure", disabled=judge is None) or judge is None:
-        return
-    config: SearchConfig = result["config"]
-    chosen = front_specs(result["records"], int(points), config.goal)
-    try:
-        compare = compare_settings(
-            config.goal,
-            ws.caches,
-            result["hook"],
-            has_direction=ws.refusal is not None,
-            trigger=config.trigger,
-        )
-        sets = remeasure_sets(config.evaluation, None if n >= n_test else int(n), elsewhere=elsewhere)
-    except FAILURES as e:
-        st.error(f"Cannot re-measure: {e}. Nothing was run.")
-        return
-    corpus = _corpus(ws, sets[0].loss_rows)
-    bar = st.progress(0.0, text="unsteered model…")
-    steerer = ws.steerer(judge)
-    measured = []
-    try:
-        for evaluation in sets:
-            measured.append(
-                remeasure(
-                    steerer,
-                    corpus,
-                    chosen,
-                    compare,
-                    evaluation,
-                    on_progress=_progress(bar, len(measured), len(sets), prompt_source(evaluation)),
-                )
-            )
-    except FAILURES as e:
-        st.error(f"The re-measurement stopped: {e}.")
-        return
-    finally:
-        bar.empty()
-    st.session_state[SEARCH_RESULT] = {**result, "remeasured": measured, "judge": judge.name}
-
-
-def _progress(bar: Any, index: int, count: int, where: str) -> Callable[[int, int, str], None]:
-    """A progress callback for prompt set `index` of `count`."""
-
-    def on_progress(done: int, total: int, label: str) -> None:
-        bar.progress((index + done / total) / count, text=f"{where}: {label} done ({done}/{total})")
-
-    return on_progress
