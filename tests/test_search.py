@@ -278,15 +278,25 @@ def test_domination_and_the_recipe_verdicts() -> None:
 
 
 def test_front_points_are_distinct_and_spread_over_refusal() -> None:
-    def record(n: int, refusal: float, value: float, front: bool = True) -> TrialRecord:
-        spec = SteeringSpec((Clamp(HOOK, 1, "set", value, "max"),)).to_dict()
-        return TrialRecord(n, spec, {"refusal_harmful": refusal, "refusal_harmless": 0.0}, front)
+    def record(n: int, refusal: float, values: tuple[float, ...], front: bool = True) -> TrialRecord:
+        spec = SteeringSpec(
+            tuple(Clamp(HOOK, 1 + i, "set", v, "max") for i, v in enumerate(values))
+        ).to_dict()
+        measured = {
+            "refusal_harmful": refusal,
+            "refusal_harmless": 0.0,
+            "kl": refusal / 10,
+            "ce_increase": 0.0,
+        }
+        return TrialRecord(n, spec, measured, front)
 
-    records = [record(i, i / 10, float(i)) for i in range(10)]
-    records += [record(10, 0.5, 5.0), record(11, 1.0, 9.0, front=False)]  # a retried copy; not on the front
+    records = [record(i, i / 10, (float(i), 1.0)) for i in range(10)]
+    # measured like trial 5 (a gate that never opens, a retry): one point, shown by its simplest setting
+    records += [record(10, 0.5, (3.0,)), record(11, 1.0, (9.0,), front=False)]
     chosen = front_specs(records, 4, "refuse")
     assert [r.number for r in chosen] == [0, 3, 6, 9]
-    assert len(front_specs(records, 20, "refuse")) == 10
+    every = front_specs(records, 20, "refuse")
+    assert len(every) == 10 and 10 in [r.number for r in every] and 5 not in [r.number for r in every]
     assert [r.number for r in front_specs(records, 2, "bypass")] == [9, 0]
 
 

@@ -8,7 +8,6 @@ latent); `recipe_verdicts` says which front points beat each recipe on both rate
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -21,21 +20,27 @@ from explorer.steering.search import Goal
 from explorer.steering.search_study import TrialRecord
 from explorer.steering.spec import SteeringSpec, Trigger, Units
 
+MEASURED = ("refusal_harmful", "refusal_harmless", "kl", "ce_increase")
+"""What two trials must share, to the last digit, to be one point of the front."""
+
 
 def front_specs(records: Sequence[TrialRecord], limit: int, goal: Goal) -> list[TrialRecord]:
-    """Up to `limit` distinct settings of the front, spread evenly from the least to the most refusal
-    (duplicates, such as a retried trial, count once)."""
-    seen: set[str] = set()
-    front = []
+    """Up to `limit` distinct points of the front, spread evenly from the least to the most refusal.
+
+    Trials that measured the same on val (a retried trial; settings whose gate never opens, which all
+    measure as the unsteered model) are one point, shown by its simplest setting: the fewest clamps, then
+    the earliest trial.
+    """
+    points: dict[tuple[float, ...], TrialRecord] = {}
     for r in sorted(
-        (r for r in records if r.on_front),
+        (r for r in records if r.on_front), key=lambda r: (len(r.spec.get("clamps", ())), r.number)
+    ):
+        points.setdefault(tuple(round(r.values.get(k, math.nan), 9) for k in MEASURED), r)
+    front = sorted(
+        points.values(),
         key=lambda r: (r.values.get("refusal_harmful", 0.0), -r.values.get("refusal_harmless", 0.0)),
         reverse=goal == "bypass",
-    ):
-        key = json.dumps({k: v for k, v in r.spec.items() if k != "provenance"}, sort_keys=True)
-        if key not in seen:
-            seen.add(key)
-            front.append(r)
+    )
     if len(front) <= limit:
         return front
     step = (len(front) - 1) / max(1, limit - 1)
