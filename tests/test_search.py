@@ -25,6 +25,7 @@ from explorer.latents.reader import CacheError, LatentCache
 from explorer.steering.evaluation import EvalConfig, SweepPoint
 from explorer.steering.search import SearchConfig, SearchError, candidate_latents, harm_latent, suggest
 from explorer.steering.search_front import Remeasured, baselines, dominates, front_specs, recipe_verdicts
+from explorer.steering.search_setup import trigger_max
 from explorer.steering.search_study import TrialRecord, open_study, run_search, trials
 from explorer.steering.share import decode_setup
 from explorer.steering.spec import Clamp, SteeringSpec, Trigger
@@ -235,6 +236,9 @@ class _Columns(LatentCache):
             raise CacheError(f"no {name!r}")
         return self._columns[name]
 
+    def column_names(self) -> list[str]:
+        return sorted(self._columns)
+
 
 def test_candidates_by_cosine_attribution_and_both() -> None:
     cosine = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.95])
@@ -260,6 +264,16 @@ def test_the_harm_latent_fires_selectively_on_harmful_prompts() -> None:
     assert harm_latent(cache) == 1  # 0 fires on both, 2 too weakly, 3 on harmless
     with pytest.raises(SearchError, match="harm latent"):
         harm_latent(_Columns())
+
+
+def test_the_gate_threshold_ranges_to_twice_the_harmful_mean() -> None:
+    post = torch.tensor([[3.0, 1.0], [8.0, 0.5], [0.0, 0.0]])  # (harmful, harmless) means
+    cache = _Columns(post_mean=post, max=torch.tensor([10.0, 10.0, 4.0]))
+    caches = {HOOK: cache}
+    assert [trigger_max(caches, (HOOK, i)) for i in range(3)] == [6.0, 10.0, 4.0]  # capped; never fires
+    assert trigger_max({HOOK: _Columns(max=torch.tensor([5.0]))}, (HOOK, 0)) == 5.0  # no means: the max
+    with pytest.raises(SearchError, match="no latent cache"):
+        trigger_max(caches, (EARLY, 0))
 
 
 def test_domination_and_the_recipe_verdicts() -> None:

@@ -96,7 +96,10 @@ def auto_trigger(caches: Mapping[str, LatentCache], n_layers: int, hooks: Sequen
 
 
 def trigger_max(caches: Mapping[str, LatentCache], trigger: tuple[str, int]) -> float:
-    """The trigger latent's max activation on the corpus: the top of the range its threshold is drawn from.
+    """The top of the range a trigger's threshold is drawn from: twice the latent's mean activation on
+    harmful prompts after the instruction (where the gate decides), capped at its corpus max. Above that
+    the gate rarely opens, and a search spends its trials on settings that steer nothing (a study that
+    ranged to the corpus max spent 19 of 41 trials so); the max alone when the cache has no such means.
 
     Raises:
         SearchError: no latent cache at the trigger's hook.
@@ -104,7 +107,12 @@ def trigger_max(caches: Mapping[str, LatentCache], trigger: tuple[str, int]) -> 
     hook, latent = trigger
     if hook not in caches:
         raise SearchError(f"no latent cache for the trigger's hook {hook}; build it or gate elsewhere")
-    return float(caches[hook].column("max")[latent])
+    cache = caches[hook]
+    peak = float(cache.column("max")[latent])
+    if "post_mean" not in cache.column_names():
+        return peak
+    harmful = float(cache.column("post_mean")[latent, 0])
+    return round(min(peak, 2 * harmful), 4) if harmful > 0 else peak
 
 
 def check_search(
