@@ -213,6 +213,8 @@ def search_form(ws: Workspace, stored: list[str]) -> SearchRequest | None:
         help="a trial with a larger share of broken-text replies (on either label) breaks the model: it is "
         "kept, but never on the front, however little it over-refuses",
     )
+    if not rows:  # no transcripts, nothing to measure KL and CE on
+        objectives = [o for o in objectives if o not in ("kl", "ce")]
     try:
         for what, chosen in (("mode", modes), ("scope", scopes), ("objective", objectives)):
             if not chosen:
