@@ -64,6 +64,10 @@ def study_storage(path: Path, heartbeat_s: int = 30) -> Any:
             raise SearchError(f"cannot open the study database {path}: {e}") from e
 
 
+CREATE_ATTEMPTS = 5
+"""Tries at opening a study file whose tables another process is creating at the same moment."""
+
+
 def open_study(config: SearchConfig, path: Path, name: str, *, heartbeat_s: int = 30) -> Any:
     """Create the study, or load it to resume when `path` already holds one called `name`.
 
@@ -72,21 +76,28 @@ def open_study(config: SearchConfig, path: Path, name: str, *, heartbeat_s: int 
             objectives...), or the file is not a study database.
     """
     import optuna
-    from sqlalchemy.exc import DatabaseError
+    from sqlalchemy.exc import DatabaseError, IntegrityError
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        study = optuna.create_study(
-            storage=study_storage(path, heartbeat_s),
-            study_name=name,
-            directions=config.directions,
-            sampler=_sampler(config, config.seed),
-            load_if_exists=True,
-        )
-    except DatabaseError as e:
-        raise SearchError(
-            f"{path} is not a study database ({e.orig}); move it away or store studies elsewhere"
-        ) from e
+    study: Any = None
+    for attempt in range(CREATE_ATTEMPTS):
+        try:
+            study = optuna.create_study(
+                storage=study_storage(path, heartbeat_s),
+                study_name=name,
+                directions=config.directions,
+                sampler=_sampler(config, config.seed),
+                load_if_exists=True,
+            )
+            break
+        except IntegrityError:  # another process created the same new database's tables at the same moment
+            if attempt == CREATE_ATTEMPTS - 1:
+                raise SearchError(f"{path} is being created by another process; try again") from None
+            time.sleep(0.5)
+        except DatabaseError as e:
+            raise SearchError(
+                f"{path} is not a study database ({e.orig}); move it away or store studies elsewhere"
+            ) from e
     stored = study.user_attrs.get("fingerprint")
     if stored is None:
         study.set_user_attr("fingerprint", config.fingerprint())
