@@ -124,10 +124,8 @@ def cmd_search(args: argparse.Namespace) -> int:
             f"{v['refusal_harmless']:.0%}, KL {v['kl']:.3f} ({seconds / max(done, 1):.0f} s a trial)\n"
         )
 
-    runnable = (args.trials or 0) > 0 or (args.trials is None and args.budget > 0)
-    records = trials(study)
-    if runnable:
-        records = run_search(
+    if (args.trials or 0) > 0 or (args.trials is None and args.budget > 0):
+        run_search(
             config,
             study,
             val_measure(steerer, corpus, config, harmful=harmful, harmless=harmless),
