@@ -9,6 +9,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
 
+from explorer.cli.multiturn import add_multi_turn_args, chosen_escalations, run_multi_turn
 from explorer.cli.options import add_judge_arg, add_model_args, load_workspace_for
 from explorer.core.paths import write_text_atomic
 from explorer.steering.evaluation import SweepKind
@@ -80,6 +81,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         **({} if args.seed is None else {"seed": args.seed}),
         prompt_set="elsewhere" if args.elsewhere else "builtin",
     )
+    escalations = chosen_escalations(args) if args.multi_turn else None
     mc = load_mc_file(args.mc) if args.mc else None
     # Files and the judge are checked before the model loads.
     harmful = load_prompt_file(args.harmful, "harmful") if args.harmful else None
@@ -98,6 +100,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for _, _, spec in settings:  # every spec is checked before the first one runs
         validate(spec, workspace.saes, workspace.loaded.n_layers, max_activations=workspace.max_activations(),
                  refusal=workspace.refusal)  # fmt: skip
+    if escalations is not None:
+        return run_multi_turn(args, workspace, settings, escalations, judge)
     try:
         corpus = load_corpus(corpus_dir(workspace.loaded.name), workspace.loaded.tokenizer)
     except CorpusError as e:
@@ -221,6 +225,7 @@ def add_eval_parser(sub: Any) -> None:
     p.add_argument(
         "--out", metavar="DIR", help="write eval.json, eval.csv, replies.csv and trade_off.html (plotly) here"
     )
+    add_multi_turn_args(p)
     add_judge_arg(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
