@@ -15,6 +15,7 @@ from explorer.ui.evaluate_widgets import (
     show_sweep,
 )
 from explorer.ui.loaders import workspace_or_stop
+from explorer.ui.multiturn_widgets import multi_turn_section
 from explorer.ui.search_widgets import search_tab
 from explorer.ui.state import EVAL_RESULT
 
@@ -55,41 +56,54 @@ with sweep:
     if mode != "direction-ablate":
         label = "Factors" if mode == "multiply" else "Alphas" if mode == "direction-add" else "Strengths"
         strengths = st.text_input(f"{label} (comma-separated)", STRENGTHS[mode], key=f"eval_strengths_{mode}")
-    prompt_set, split, uploaded = choose_prompts()
-    cols = st.columns(3)
-    n_split = max(len(builtin_prompts(label, split)) for label in ("harmful", "harmless"))
-    n_prompts = cols[0].number_input(
-        "Prompts per label",
-        1,
-        n_split,
-        min(16, n_split),
-        key="eval_n",
-        help=f"spread evenly over the categories; {n_split} takes the whole split, as `explorer eval` does",
+    kind = st.radio(
+        "Measure on",
+        ["prompts", "escalations"],
+        format_func={"prompts": "single prompts", "escalations": "multi-turn escalations"}.get,
+        horizontal=True,
+        key="eval_kind",
     )
-    defaults = (
-        EvalConfig()
-    )  # the same defaults as `explorer eval`, so the README's table is reproducible here
-    tokens = cols[1].number_input("Tokens per reply", 1, 256, defaults.max_new_tokens, key="eval_tokens")
-    loss_rows = cols[2].number_input(
-        "Capability transcripts",
-        0,
-        256,
-        defaults.loss_rows,
-        key="eval_loss_rows",
-        help="held-out harmless transcripts for CE and KL (0 skips them)",
-    )
-    config = EvalConfig(
-        split, int(n_prompts), int(n_prompts), int(tokens), loss_rows=int(loss_rows), prompt_set=prompt_set
-    )
-    if st.button("Run sweep", type="primary", key="eval_run", disabled=judge is None):
-        if not mode.startswith("direction") and not latents:
-            st.error("Choose at least one latent to sweep.")
-        elif judge is not None:
-            run_sweep(workspace, mode, latents, strengths, units, config, judge, uploaded)
-    result = st.session_state.get(EVAL_RESULT)
-    if result is None:
-        st.info("Run a sweep to see the trade-off; the last result stays here while you explore.")
+    if kind == "escalations":
+        multi_turn_section(workspace, mode, latents, strengths, units, judge)
     else:
-        show_sweep(result)
+        prompt_set, split, uploaded = choose_prompts()
+        cols = st.columns(3)
+        n_split = max(len(builtin_prompts(label, split)) for label in ("harmful", "harmless"))
+        n_prompts = cols[0].number_input(
+            "Prompts per label",
+            1,
+            n_split,
+            min(16, n_split),
+            key="eval_n",
+            help=f"spread evenly over the categories; {n_split} takes the whole split (as `explorer eval`)",
+        )
+        defaults = EvalConfig()  # the same defaults as `explorer eval`: the README's table reproduces here
+        tokens = cols[1].number_input("Tokens per reply", 1, 256, defaults.max_new_tokens, key="eval_tokens")
+        loss_rows = cols[2].number_input(
+            "Capability transcripts",
+            0,
+            256,
+            defaults.loss_rows,
+            key="eval_loss_rows",
+            help="held-out harmless transcripts for CE and KL (0 skips them)",
+        )
+        config = EvalConfig(
+            split,
+            int(n_prompts),
+            int(n_prompts),
+            int(tokens),
+            loss_rows=int(loss_rows),
+            prompt_set=prompt_set,
+        )
+        if st.button("Run sweep", type="primary", key="eval_run", disabled=judge is None):
+            if not mode.startswith("direction") and not latents:
+                st.error("Choose at least one latent to sweep.")
+            elif judge is not None:
+                run_sweep(workspace, mode, latents, strengths, units, config, judge, uploaded)
+        result = st.session_state.get(EVAL_RESULT)
+        if result is None:
+            st.info("Run a sweep to see the trade-off; the last result stays here while you explore.")
+        else:
+            show_sweep(result)
 with search:
     search_tab(workspace, judge)

@@ -35,7 +35,7 @@ HOOK = "blocks.2.hook_resid_pre"
 MARK = "zebra"
 
 
-@dataclass(frozen=True)
+@dataclass
 class MarkerJudge:
     """Calls a reply a refusal when the conversation it answers mentions `MARK`: a judge whose every
     verdict is known in advance, so the counting around it can be checked exactly."""

@@ -9,6 +9,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from explorer.steering.evaluation import SweepPoint
+from explorer.steering.multiturn import MultiTurnPoint
 
 Column = Literal["default", "steered"]
 
@@ -121,6 +122,50 @@ def setting_bars(points: Sequence[SweepPoint]) -> go.Figure:
         barmode="group",
         yaxis={"title": "refusal rate", "range": [0, 1.02]},
         height=320,
+        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        legend={"orientation": "h", "y": 1.12},
+    )
+    return fig
+
+
+def _wilson_bars(rates: Sequence[float], intervals: Sequence[tuple[float, float]]) -> dict[str, Any]:
+    return {
+        "type": "data",
+        "symmetric": False,
+        "array": [hi - r for r, (_, hi) in zip(rates, intervals, strict=True)],
+        "arrayminus": [r - lo for r, (lo, _) in zip(rates, intervals, strict=True)],
+    }
+
+
+def multi_turn_bars(points: Sequence[MultiTurnPoint]) -> go.Figure:
+    """Per setting, refusal at the final turn of the escalations beside the same requests asked alone,
+    with 95% Wilson intervals: the gap is what the conversation bought the attacker."""
+    labels = [p.label for p in points]
+    fig = go.Figure()
+    final = [p.refusal_final for p in points]
+    fig.add_trace(
+        go.Bar(
+            x=labels,
+            y=final,
+            name="refused at the final turn",
+            error_y=_wilson_bars(final, [p.refusal_final_ci for p in points]),
+        )
+    )
+    asked = [p for p in points if p.refusal_direct == p.refusal_direct]  # NaN when not measured
+    if asked:
+        alone = [p.refusal_direct for p in asked]
+        fig.add_trace(
+            go.Bar(
+                x=[p.label for p in asked],
+                y=alone,
+                name="the final request asked alone",
+                error_y=_wilson_bars(alone, [p.refusal_direct_ci for p in asked]),
+            )
+        )
+    fig.update_layout(
+        barmode="group",
+        yaxis={"title": "refusal rate", "range": [0, 1.05]},
+        height=340,
         margin={"l": 10, "r": 10, "t": 30, "b": 10},
         legend={"orientation": "h", "y": 1.12},
     )

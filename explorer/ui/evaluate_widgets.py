@@ -28,7 +28,7 @@ from explorer.steering.evaluation import (
     sweep_specs,
     trade_off_figure,
 )
-from explorer.steering.spec import SteeringError, validate
+from explorer.steering.spec import SteeringError, SteeringSpec, validate
 from explorer.ui.charts_steering import setting_bars
 from explorer.ui.state import EVAL_RESULT, picked_clamps
 from explorer.workspace import Workspace
@@ -212,6 +212,22 @@ def _loaded_judge(spec: str) -> Judge:
     return make_judge(spec)
 
 
+def checked_settings(
+    ws: Workspace, mode: str, latents: list[tuple[str, int]], strengths: str, units: str
+) -> list[tuple[str, float | None, SteeringSpec]]:
+    """The sweep's (label, strength, spec) settings, each validated against the workspace.
+
+    Raises:
+        ValueError: a strength that is not a finite number, or no latent for a latent mode.
+        SteeringError: a setting the workspace's SAEs or direction cannot apply.
+    """
+    values = [] if mode == "direction-ablate" else _strengths(strengths)
+    settings = sweep_specs(mode, latents, values, units)  # pyright: ignore[reportArgumentType]
+    for _, _, spec in settings:
+        validate(spec, ws.saes, ws.loaded.n_layers, max_activations=ws.max_activations(), refusal=ws.refusal)
+    return settings
+
+
 def run_sweep(
     ws: Workspace,
     mode: str,
@@ -224,12 +240,7 @@ def run_sweep(
 ) -> None:
     """Validate every setting, then evaluate them with a progress bar and keep the result."""
     try:
-        values = [] if mode == "direction-ablate" else _strengths(strengths)
-        settings = sweep_specs(mode, latents, values, units)  # pyright: ignore[reportArgumentType]
-        for _, _, spec in settings:
-            validate(
-                spec, ws.saes, ws.loaded.n_layers, max_activations=ws.max_activations(), refusal=ws.refusal
-            )
+        settings = checked_settings(ws, mode, latents, strengths, units)
     except (ValueError, SteeringError) as e:
         st.error(f"Cannot run this sweep: {e}. Nothing was run.")
         return

@@ -36,6 +36,8 @@ STEER_PROMPT = "steer_prompt"
 LAST_RESULT = "last_side_by_side"
 EVAL_RESULT = "eval_result"
 SEARCH_RESULT = "search_result"
+MULTITURN_RESULT = "multiturn_result"
+"""The multi-turn tab's result: model, mode, latents, escalations, config, judge and `MultiTurnPoint`s."""
 """The Search tab's study on show: a dict of model, study name, storage path, `SearchConfig`, how the
 candidates were chosen, the recipe's hook, its `TrialRecord`s and the `Remeasured` prompt sets."""
 INSPECT_PROMPT = "inspect_prompt"
@@ -79,6 +81,7 @@ PER_WORKSPACE = (
     LAST_RESULT,
     EVAL_RESULT,
     SEARCH_RESULT,
+    MULTITURN_RESULT,
     INSPECT_RESULT,
     INSPECT_COMPARED,
     INSPECT_REPLIES,
