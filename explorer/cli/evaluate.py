@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
 
 from explorer.cli.multiturn import add_multi_turn_args, chosen_escalations, run_multi_turn
-from explorer.cli.options import add_judge_arg, add_model_args, load_workspace_for
+from explorer.cli.options import add_judge_arg, add_model_args, load_workspace_for, rate_ci
 from explorer.core.paths import write_text_atomic
 from explorer.steering.evaluation import SweepKind
 
@@ -154,10 +154,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     for p in points:
         mc_text = "" if p.mc_accuracy is None else f"{p.mc_accuracy:.3f}"
-        (hl, hh), (sl, sh) = p.refusal_harmful_ci, p.refusal_harmless_ci
         sys.stdout.write(
-            f"{p.label:28s} {p.refusal_harmful:>6.1%} [{hl:.0%}-{hh:.0%}] ({p.n_harmful:3d}) "
-            f"{p.refusal_harmless:>6.1%} [{sl:.0%}-{sh:.0%}] ({p.n_harmless:3d}) "
+            f"{p.label:28s} {rate_ci(p.refusal_harmful, p.refusal_harmful_ci)} ({p.n_harmful:3d}) "
+            f"{rate_ci(p.refusal_harmless, p.refusal_harmless_ci)} ({p.n_harmless:3d}) "
             f"{p.degenerate_harmful:>5.0%}/{p.degenerate_harmless:<5.0%} "
             f"{p.ce_increase:>+8.3f} {p.kl:>7.3f}  {mc_text}\n"
         )

@@ -9,6 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from explorer.cli.options import rate_ci
 from explorer.core.paths import write_text_atomic
 
 if TYPE_CHECKING:
@@ -68,7 +69,10 @@ def run_multi_turn(
     from explorer.steering.multiturn import MultiTurnConfig, evaluate_multi_turn
 
     config = MultiTurnConfig(args.split, args.max_new_tokens, args.history_tokens, args.batch_size)
-    done = lambda i, n, label: sys.stderr.write(f"[{i}/{n}] {label}\n")  # noqa: E731
+
+    def done(i: int, n: int, label: str) -> None:
+        sys.stderr.write(f"[{i}/{n}] {label} played\n")
+
     points = evaluate_multi_turn(workspace.steerer(judge), settings, escalations, config, on_progress=done)
     source = args.escalations or f"the built-in escalations, {args.split} split"
     document: dict[str, Any] = {
@@ -90,9 +94,8 @@ def run_multi_turn(
         "setting                     refused final turn [95% CI]  asked alone [95% CI]  degenerate\n"
     )
     for p in points:
-        (fl, fh), (dl, dh) = p.refusal_final_ci, p.refusal_direct_ci
         sys.stdout.write(
-            f"{p.label:28s} {p.refusal_final:>6.1%} [{fl:.0%}-{fh:.0%}] ({p.n:3d})    "
-            f"{p.refusal_direct:>6.1%} [{dl:.0%}-{dh:.0%}]   {p.degenerate_final:>5.0%}\n"
+            f"{p.label:28s} {rate_ci(p.refusal_final, p.refusal_final_ci)} ({p.n:3d})    "
+            f"{rate_ci(p.refusal_direct, p.refusal_direct_ci)}   {p.degenerate_final:>5.0%}\n"
         )
     return 0

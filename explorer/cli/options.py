@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -74,6 +75,12 @@ def load_workspace_for(args: argparse.Namespace) -> Workspace:
             config = replace(config, device=args.device or config.device, dtype=args.dtype or config.dtype)
             return load_workspace(manifest, config=config)
     return load_workspace(model_config(args), getattr(args, "sae", None))
+
+
+def rate_ci(rate: float, interval: Sequence[float]) -> str:
+    """A rate with its 95% interval as the tables print it: ` 97.2% [93%-99%]`."""
+    low, high = interval
+    return f"{rate:>6.1%} [{low:.0%}-{high:.0%}]"
 
 
 def emit(data: Any) -> None:

@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, get_args
 
-from explorer.cli.options import add_judge_arg, add_model_args, load_workspace_for
+from explorer.cli.options import add_judge_arg, add_model_args, load_workspace_for, rate_ci
 from explorer.core.paths import user_dir, write_text_atomic
 from explorer.steering.search import DEFAULT_OBJECTIVES, Goal, Selection
 from explorer.steering.search_study import MAX_DEGENERATE
@@ -219,10 +219,9 @@ def _print_set(measured: dict[str, Any]) -> None:
         "setting                               refused harmful [95% CI]  harmless [95% CI]     KL\n"
     )
     for p in [*measured["baselines"], *measured["front"]]:
-        (hl, hh), (sl, sh) = p["refusal_harmful_ci"], p["refusal_harmless_ci"]
         sys.stdout.write(
-            f"{p['label'][:37]:37s} {p['refusal_harmful']:6.1%} [{hl:.0%}-{hh:.0%}]  "
-            f"{p['refusal_harmless']:6.1%} [{sl:.0%}-{sh:.0%}]  {p['kl']:.3f}\n"
+            f"{p['label'][:37]:37s} {rate_ci(p['refusal_harmful'], p['refusal_harmful_ci'])}  "
+            f"{rate_ci(p['refusal_harmless'], p['refusal_harmless_ci'])}  {p['kl']:.3f}\n"
         )
     for verdict in measured["recipe_beaten"]:
         sys.stdout.write(verdict_sentence(verdict) + "\n")
