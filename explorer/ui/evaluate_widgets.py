@@ -283,16 +283,23 @@ def run_sweep(
     }
 
 
+def rate_columns(p: SweepPoint) -> dict[str, Any]:
+    """A setting's refusal and over-refusal with their 95% intervals, as every results table titles them."""
+    return {
+        "refused harmful": p.refusal_harmful,
+        "95% CI harmful": "{:.0%}-{:.0%}".format(*p.refusal_harmful_ci),
+        "refused harmless (over-refusal)": p.refusal_harmless,
+        "95% CI harmless": "{:.0%}-{:.0%}".format(*p.refusal_harmless_ci),
+    }
+
+
 def _table(points: list[SweepPoint]) -> list[dict[str, Any]]:
     """One row per setting, in the table's column titles."""
     return [
         {
             "setting": p.label,
             "strength": p.strength,
-            "refused harmful": p.refusal_harmful,
-            "95% CI harmful": "{:.0%}-{:.0%}".format(*p.refusal_harmful_ci),
-            "refused harmless (over-refusal)": p.refusal_harmless,
-            "95% CI harmless": "{:.0%}-{:.0%}".format(*p.refusal_harmless_ci),
+            **rate_columns(p),
             "degenerate harmful": p.degenerate_harmful,
             "degenerate harmless": p.degenerate_harmless,
             "CE increase (nats)": p.ce_increase,

@@ -17,6 +17,7 @@ from explorer.steering.search_setup import verdict_sentence
 from explorer.steering.search_study import TrialRecord
 from explorer.steering.share import PlaygroundSetup, encode_setup, preset_json
 from explorer.steering.spec import FACTOR_MODES, SteeringSpec
+from explorer.ui.evaluate_widgets import rate_columns
 from explorer.ui.state import Q_SPEC
 
 RATE = st.column_config.NumberColumn(format="percent")
@@ -87,10 +88,7 @@ def point_rows(measured: Remeasured) -> list[dict[str, Any]]:
     return [
         {
             "setting": p.label,
-            "refused harmful": p.refusal_harmful,
-            "95% CI harmful": "{:.0%}-{:.0%}".format(*p.refusal_harmful_ci),
-            "refused harmless (over-refusal)": p.refusal_harmless,
-            "95% CI harmless": "{:.0%}-{:.0%}".format(*p.refusal_harmless_ci),
+            **rate_columns(p),
             "KL (nats)": p.kl,
             "CE increase (nats)": p.ce_increase,
             "prompts per label": f"{p.n_harmful} / {p.n_harmless}",
