@@ -17,6 +17,9 @@ pages = [
     st.Page("pages/inspector.py", title="Prompt inspector", icon=":material/manage_search:"),
     st.Page("pages/steering.py", title="Steering playground", icon=":material/tune:"),
     st.Page("pages/evaluate.py", title="Evaluate", icon=":material/monitoring:"),
+    st.Page("pages/jailbreaks.py", title="Jailbreak lens", icon=":material/lock_open:"),
+    st.Page("pages/probes.py", title="Probes", icon=":material/query_stats:"),
+    st.Page("pages/upstream.py", title="Upstream graph", icon=":material/account_tree:"),
     st.Page("pages/build.py", title="Build", icon=":material/construction:", default=building),
 ]
 st.navigation(pages).run()

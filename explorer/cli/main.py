@@ -12,12 +12,15 @@ from explorer.cli.cache import add_cache_parser
 from explorer.cli.evaluate import add_eval_parser
 from explorer.cli.examples import add_examples_parser
 from explorer.cli.export import add_export_parser
+from explorer.cli.jailbreaks import add_jailbreaks_parser
 from explorer.cli.label import add_label_parser
 from explorer.cli.model import add_model_parsers
 from explorer.cli.notes import add_notes_parser
+from explorer.cli.probes import add_probe_parser
 from explorer.cli.refusal import add_refusal_parsers
 from explorer.cli.sae import add_sae_parser
 from explorer.cli.search import add_search_parser
+from explorer.cli.upstream import add_upstream_parser
 from explorer.cli.workspaces import add_workspace_parsers
 
 log = logging.getLogger("explorer")
@@ -41,8 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(sub)
     add_search_parser(sub)
     add_examples_parser(sub)
+    add_jailbreaks_parser(sub)
     add_notes_parser(sub)
     add_label_parser(sub)
+    add_probe_parser(sub)
+    add_upstream_parser(sub)
     return parser
 
 

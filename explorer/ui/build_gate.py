@@ -59,6 +59,9 @@ PAGE_NEEDS = {
     "evaluate": PageNeeds(
         "Evaluate", "sweeps of the refusal direction", "refusal", "cache", "sweeps of the top latents"
     ),
+    "jailbreaks": PageNeeds("Jailbreak lens", "the SAEs' latents and their labels", "cache", "cache"),
+    "upstream": PageNeeds("Upstream graph", "the refusal latents of the main SAE", "cache", "cache"),
+    "probes": PageNeeds("Probes", "the refusal latents of the main SAE", "cache", "cache"),
 }
 """By page file name (`pages/<name>.py`)."""
 
