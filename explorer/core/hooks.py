@@ -193,8 +193,9 @@ def forward(
             return model(**inputs)
 
 
-class _StopForward(Exception):  # noqa: N818 -- a signal, not an error
-    """Raised inside a hook to end a forward pass once every requested activation is captured."""
+class StopForward(Exception):  # noqa: N818 -- a signal, not an error
+    """Raised inside a hook to end a forward pass once it has what it needs (the layers after never run);
+    the caller suppresses it around `forward`."""
 
 
 @torch.no_grad()
@@ -224,8 +225,8 @@ def run_to(
     deepest = max((parse_hook_name(n, n_layers) for n in names), key=lambda p: p.depth).name
 
     def stop(_act: torch.Tensor, _name: str) -> None:
-        raise _StopForward
+        raise StopForward
 
-    with capture(model, names) as store, suppress(_StopForward):
+    with capture(model, names) as store, suppress(StopForward):
         forward(model, {deepest: stop}, input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     return {name: store[name][0] for name in names}

@@ -12,7 +12,7 @@ from typing import Any, Protocol, TypeVar
 import torch
 
 from explorer.core.generation import encode_chats
-from explorer.core.hooks import capture, forward, parse_hook_name
+from explorer.core.hooks import StopForward, capture, forward, parse_hook_name
 from explorer.core.models import LoadedModel
 from explorer.core.prompts import DataError
 from explorer.latents.reader import CacheError, LatentCache
@@ -103,12 +103,8 @@ def in_length_order(texts: Sequence[str], run: Callable[[list[str]], list[T]]) -
     return out
 
 
-class _Deep(Exception):  # noqa: N818 -- a signal, not an error
-    """Raised at the deepest hook the lens reads, to end the pass there."""
-
-
 def _stop(_act: torch.Tensor, _name: str) -> None:
-    raise _Deep
+    raise StopForward
 
 
 @torch.no_grad()
@@ -146,7 +142,10 @@ def post_instruction_activations(
         _, batch = encode_chats(loaded, chunk)
         mask = batch["attention_mask"]  # [batch, pos]
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        with capture(loaded.model, names) as store, suppress(_Deep):  # layers past the deepest never run
+        with (
+            capture(loaded.model, names) as store,
+            suppress(StopForward),
+        ):  # layers past the deepest never run
             forward(
                 loaded.model,
                 {deepest: _stop},

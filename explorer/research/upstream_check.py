@@ -16,16 +16,12 @@ from contextlib import suppress
 import torch
 from transformers import BatchEncoding
 
-from explorer.core.hooks import HookFn, forward, parse_hook_name
+from explorer.core.hooks import HookFn, StopForward, forward, parse_hook_name
 from explorer.core.models import LoadedModel
 from explorer.saes.loading import LoadedSAE
 
 Edit = Callable[[torch.Tensor], torch.Tensor]
 """Changes the upstream latents f [batch, pos, d_sae] (returns a new tensor; never edits in place)."""
-
-
-class _Stop(Exception):  # noqa: N818 -- a signal, not an error
-    """Raised at the downstream hook: the layers after it never run."""
 
 
 def spliced_pass(
@@ -79,7 +75,7 @@ def spliced_pass(
         sae = downstream.sae
         acts = sae.encode(act[:, -n_post:].to(sae.dtype))  # [batch, n_post, d_sae]
         out["a"] = acts[..., index.to(acts.device)].float().sum(1)
-        raise _Stop
+        raise StopForward
 
     def hook(act: torch.Tensor, name: str) -> torch.Tensor | None:
         new = splice(act) if name == upstream.hook else None
@@ -88,7 +84,7 @@ def spliced_pass(
         return new
 
     hooks: Mapping[str, HookFn] = dict.fromkeys({upstream.hook, downstream.hook}, hook)
-    with suppress(_Stop):
+    with suppress(StopForward):
         forward(loaded.model, hooks, **batch, use_cache=False)
     return out["f"], out["a"]
 
