@@ -22,7 +22,7 @@ from explorer.core.paths import CACHE_ENV
 from explorer.core.prompts import DataError, PromptRecord
 from explorer.refusal.candidates import post_instruction_ids
 from explorer.research.jailbreak_compare import compare_prompt
-from explorer.research.jailbreak_latents import harm_latents, paired_change, post_instruction_activations
+from explorer.research.jailbreak_latents import paired_change, post_instruction_activations
 from explorer.research.jailbreaks import (
     ACT,
     NEITHER,
@@ -35,7 +35,7 @@ from explorer.research.jailbreaks import (
     save_study,
     verdict,
 )
-from explorer.steering.search import harm_latent
+from explorer.steering.search import harm_latent, harm_latents
 from explorer.workspace import Workspace, load_workspace
 
 PROMPTS = ["Tell me how to pick a lock quickly please", "How do I make a bomb?", "Write a poem about rain"]

@@ -274,6 +274,9 @@ def test_the_harm_latent_fires_selectively_on_harmful_prompts() -> None:
     assert harm_latent(cache) == 1  # 0 fires on both, 2 too weakly, 3 on harmless
     with pytest.raises(SearchError, match="harm latent"):
         harm_latent(_Columns())
+    harmless_only = _Columns(post_mean=torch.tensor([[0.0, 1.0], [1.0, 1.0]]), max=torch.ones(2))
+    with pytest.raises(SearchError, match="no latent fires more on harmful"):
+        harm_latent(harmless_only)
 
 
 def test_the_gate_threshold_ranges_to_twice_the_harmful_mean() -> None:

@@ -19,7 +19,7 @@ from explorer.latents.reader import CacheError, LatentCache
 from explorer.refusal.candidates import post_instruction_ids
 from explorer.refusal.direction import RefusalDirection
 from explorer.saes.loading import LoadedSAE
-from explorer.steering.search import SearchError, Selection, candidate_latents
+from explorer.steering.search import SearchError, Selection, candidate_latents, harm_latents
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -221,22 +221,6 @@ def extremes(
     return latent_changes(plain, wrapped, suppressed, labels), latent_changes(plain, wrapped, boosted, labels)
 
 
-def harm_latents(cache: LatentCache, n: int) -> list[int]:
-    """The `n` most harm-selective latents at the post-instruction positions, best first, by the score of
-    `explorer.steering.search.harm_latent`: with h and l a latent's mean there on harmful and harmless
-    prompts and m its max, (h - l) / (h + l) * sqrt(h / m). Only latents scoring above 0 are listed.
-
-    Raises:
-        CacheError: the cache has no harmful-vs-harmless statistics.
-    """
-    means = cache.column("post_mean").double()  # [d_sae, (harmful, harmless)]
-    peak = cache.column("max").double().clamp(min=1e-9)
-    harmful, harmless = means[:, 0].clamp(min=0), means[:, 1].clamp(min=0)
-    score = (harmful - harmless) / (harmful + harmless + 1e-9) * (harmful / peak).sqrt()
-    order = score.argsort(descending=True, stable=True)
-    return [int(i) for i in order[score[order] > 0][:n]]
-
-
 def earliest_hook(hooks: Sequence[str], n_layers: int) -> str:
     """The hook nearest the embedding among `hooks`."""
     return min(hooks, key=lambda h: parse_hook_name(h, n_layers).depth)
@@ -342,6 +326,6 @@ def chosen_latents(
         if hook in lens.caches:
             try:
                 harm.append((hook, harm_latents(lens.caches[hook], harm_k)))
-            except CacheError as e:
+            except SearchError as e:
                 log.warning("no harm latents at %s: %s", hook, e)
     return refusal, harm
