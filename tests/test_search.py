@@ -25,7 +25,14 @@ from explorer.cli.main import main
 from explorer.core.paths import CACHE_ENV, USER_ENV
 from explorer.latents.reader import CacheError, LatentCache
 from explorer.steering.evaluation import EvalConfig, SweepPoint
-from explorer.steering.search import SearchConfig, SearchError, candidate_latents, harm_latent, suggest
+from explorer.steering.search import (
+    SearchConfig,
+    SearchError,
+    candidate_latents,
+    harm_latent,
+    harm_latents,
+    suggest,
+)
 from explorer.steering.search_front import Remeasured, baselines, dominates, front_specs, recipe_verdicts
 from explorer.steering.search_setup import trigger_max
 from explorer.steering.search_study import TrialRecord, open_study, run_search, trials
@@ -274,9 +281,7 @@ def test_the_harm_latent_fires_selectively_on_harmful_prompts() -> None:
     assert harm_latent(cache) == 1  # 0 fires on both, 2 too weakly, 3 on harmless
     with pytest.raises(SearchError, match="harm latent"):
         harm_latent(_Columns())
-    harmless_only = _Columns(post_mean=torch.tensor([[0.0, 1.0], [1.0, 1.0]]), max=torch.ones(2))
-    with pytest.raises(SearchError, match="no latent fires more on harmful"):
-        harm_latent(harmless_only)
+    assert harm_latents(cache, 4) == [1, 2]  # the selective ones, best first
 
 
 def test_the_gate_threshold_ranges_to_twice_the_harmful_mean() -> None:

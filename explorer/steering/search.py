@@ -29,6 +29,7 @@ from explorer.steering.spec import Clamp, Mode, Scope, SteeringSpec, Trigger
 
 if TYPE_CHECKING:
     import optuna
+    import torch
 
 Goal = Literal["refuse", "bypass"]
 Selection = Literal["cosine", "attribution", "cosine+attribution"]
@@ -234,11 +235,10 @@ def candidate_latents(cache: LatentCache, selection: Selection, k: int) -> list[
     raise SearchError(f"selection {selection!r} is not one of {get_args(Selection)}")
 
 
-def harm_latents(cache: LatentCache, n: int) -> list[int]:
-    """The `n` most harm-selective latents at the post-instruction positions (where the refusal decision
-    is read), best first, among those scoring above 0. With h and l a latent's mean there on harmful and
-    harmless prompts and m its max, the score is (h - l) / (h + l) * sqrt(h / m): selective, and firing
-    strongly enough on harmful prompts to threshold.
+def harm_scores(cache: LatentCache) -> torch.Tensor:
+    """How harm-selective each latent is at the post-instruction positions (where the refusal decision is
+    read): with h and l its mean there on harmful and harmless prompts and m its max, (h - l) / (h + l) *
+    sqrt(h / m): selective, and firing strongly enough on harmful prompts to threshold. [d_sae]
 
     Raises:
         SearchError: the cache has no harmful-vs-harmless statistics.
@@ -249,21 +249,20 @@ def harm_latents(cache: LatentCache, n: int) -> list[int]:
     except CacheError as e:
         raise SearchError(f"cannot find a harm latent: {e}") from e
     harmful, harmless = means[:, 0].clamp(min=0), means[:, 1].clamp(min=0)
-    score = (harmful - harmless) / (harmful + harmless + 1e-9) * (harmful / peak).sqrt()
+    return (harmful - harmless) / (harmful + harmless + 1e-9) * (harmful / peak).sqrt()
+
+
+def harm_latents(cache: LatentCache, n: int) -> list[int]:
+    """The `n` most harm-selective latents (`harm_scores`), best first, among those scoring above 0."""
+    score = harm_scores(cache)
     order = score.argsort(descending=True, stable=True)
     return [int(i) for i in order[score[order] > 0][:n]]
 
 
 def harm_latent(cache: LatentCache) -> int:
-    """A harm detector to gate steering on: the most harm-selective latent (`harm_latents`).
-
-    Raises:
-        SearchError: the cache has no harmful-vs-harmless statistics, or no latent is harm-selective.
-    """
-    best = harm_latents(cache, 1)
-    if not best:
-        raise SearchError("no latent fires more on harmful than on harmless prompts after the instruction")
-    return best[0]
+    """A harm detector to gate steering on: the latent with the highest `harm_scores` (the best there is,
+    even where no latent is selective, as on an untrained SAE; the gate's threshold is searched anyway)."""
+    return int(harm_scores(cache).argmax())
 
 
 def param_name(name: str, hook: str, latent: int) -> str:
