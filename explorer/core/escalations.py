@@ -8,14 +8,13 @@ Only user turns are stored: the assistant's turns are the model's own replies, g
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from explorer.core.prompts import SPLITS, DataError, Split, stable_split
+from explorer.core.prompts import SPLITS, DataError, Split, json_rows, stable_split
 
 MIN_TURNS = 2
 MAX_TURNS = 8
@@ -44,9 +43,7 @@ class Escalation:
         return asdict(self)
 
 
-def _escalation(row: Any, where: str, n: int, source: str) -> Escalation:
-    if not isinstance(row, dict):
-        raise DataError(f"{where}:{n}: expected a JSON object, got {type(row).__name__}")
+def _escalation(row: dict[str, Any], where: str, n: int, source: str) -> Escalation:
     turns = row.get("turns")
     if not isinstance(turns, list) or not all(isinstance(t, str) and t.strip() for t in turns):
         raise DataError(f"{where}:{n}: 'turns' must be a list of non-empty strings")
@@ -62,15 +59,7 @@ def _escalation(row: Any, where: str, n: int, source: str) -> Escalation:
 
 
 def _parse(lines: Iterable[str], where: str, source: str) -> list[Escalation]:
-    out = []
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}:{n}: malformed JSON ({e.msg})") from None
-        out.append(_escalation(row, where, n, source))
+    out = [_escalation(row, where, n, source) for n, row in json_rows(lines, where)]
     if not out:
         raise DataError(f"{where}: no escalations in file")
     ids = [e.id for e in out]

@@ -6,7 +6,7 @@ import csv
 import hashlib
 import json
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -152,8 +152,12 @@ def _check(records: list[PromptRecord], where: str) -> list[PromptRecord]:
     return records
 
 
-def _parse_jsonl(lines: Iterable[str], where: str, label: Label | None, source: str) -> list[PromptRecord]:
-    records = []
+def json_rows(lines: Iterable[str], where: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every non-blank line of a JSONL file.
+
+    Raises:
+        DataError: a line that is not JSON, or not a JSON object (file and line named).
+    """
     for n, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -163,8 +167,11 @@ def _parse_jsonl(lines: Iterable[str], where: str, label: Label | None, source: 
             raise DataError(f"{where}:{n}: malformed JSON ({e.msg})") from e
         if not isinstance(row, dict):
             raise DataError(f"{where}:{n}: expected a JSON object, got {type(row).__name__}")
-        records.append(_record(row, where, n, label, source))
-    return _check(records, where)
+        yield n, row
+
+
+def _parse_jsonl(lines: Iterable[str], where: str, label: Label | None, source: str) -> list[PromptRecord]:
+    return _check([_record(row, where, n, label, source) for n, row in json_rows(lines, where)], where)
 
 
 def load_prompt_file(path: str | Path, label: Label | None = None) -> list[PromptRecord]:
